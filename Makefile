@@ -1,0 +1,77 @@
+# image-embedder: everything a fresh machine needs is installed from here (pinned, cached).
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+# An interpreter >= 3.11 built with a shared libpython (Triton's Python backend links it).
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+UV_VERSION := 0.13.9
+UV := .tools/uv/bin/uv
+VENV := .venv
+SERVING_VENV := .venv-serving
+KAFKA_VERSION := 4.1.1
+KAFKA_STAMP := .cache/kafka/$(KAFKA_VERSION)/libs/.complete
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+include mk/helm.mk
+
+.PHONY: help
+help: ## List the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+$(UV):
+	$(PYTHON) -m venv .tools/uv
+	.tools/uv/bin/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+
+$(VENV)/.complete: requirements.lock pyproject.toml | $(UV)
+	$(UV) venv --quiet --allow-existing --python $(PYTHON) $(VENV)
+	$(UV) pip sync --quiet --python $(PY) requirements.lock
+	$(UV) pip install --quiet --python $(PY) --no-deps -e .
+	@touch $@
+
+$(SERVING_VENV)/.complete: serving/requirements.lock | $(UV)
+	$(UV) venv --quiet --allow-existing --python $(PYTHON) $(SERVING_VENV)
+	$(UV) pip sync --quiet --python $(SERVING_VENV)/bin/python serving/requirements.lock
+	@touch $@
+
+$(KAFKA_STAMP): devstack/kafka/pom.xml | $(VENV)/.complete
+	$(PY) -m devstack fetch-kafka
+
+.PHONY: setup
+setup: $(VENV)/.complete $(SERVING_VENV)/.complete $(KAFKA_STAMP) ## Install the environments and Kafka
+
+.PHONY: up
+up: setup ## Start Kafka, Milvus and Triton on their default ports (reuses running ones)
+	$(PY) -m devstack up
+
+.PHONY: down
+down: ## Stop the servers `make up` started
+	@if [ -x $(PY) ]; then $(PY) -m devstack down; fi
+
+.PHONY: status
+status: ## Show which servers are running
+	$(PY) -m devstack status
+
+.PHONY: demo
+demo: setup ## Publish photos, ingest them, search with a crop (starts and stops the servers)
+	$(PY) -m devstack.demo
+
+.PHONY: test
+test: setup $(HELM_BIN) ## Run every test against real servers the tests start themselves
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+.PHONY: lint
+lint: setup $(HELM_BIN) ## ruff, hadolint and helm lint
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/hadolint docker/consumer.Dockerfile docker/serving.Dockerfile
+	$(MAKE) --no-print-directory helm-lint
+
+.PHONY: bench
+bench: setup ## Benchmarks: per-stage ceilings, naive baseline, end to end (writes bench/results/)
+	$(PY) -m bench
+
+.PHONY: clean
+clean: down ## Remove environments, caches and server data
+	rm -rf $(VENV) $(SERVING_VENV) .tools .cache .stack

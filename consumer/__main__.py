@@ -1,0 +1,6 @@
+"""``python -m consumer``."""
+
+from consumer.cli import main
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,347 @@
+"""``python -m consumer``: run, search, check, promote."""
+
+from __future__ import annotations
+
+import re
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import orjson
+import typer
+
+from consumer.settings import Settings
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Turn image URIs published to Kafka into searchable vectors in Milvus.",
+)
+
+EXIT_FATAL = 1
+EXIT_CONFIG = 2
+EXIT_ABORTED = 130
+
+# --- shared options ---------------------------------------------------------------------------
+Config = Annotated[Path | None, typer.Option("--config", help="TOML/JSON/YAML settings file.")]
+Bootstrap = Annotated[
+    str | None, typer.Option("--bootstrap-servers", help="Kafka (env KAFKA_BOOTSTRAP_SERVERS).")
+]
+TritonUrl = Annotated[
+    str | None, typer.Option("--triton-url", help="grpc://host:port or http://host:port.")
+]
+Model = Annotated[str | None, typer.Option("--model", help="Triton model name.")]
+ModelVersion = Annotated[str | None, typer.Option("--model-version", help="Model version.")]
+Output = Annotated[str | None, typer.Option("--output", help="Model output used as embedding.")]
+MilvusUri = Annotated[
+    str | None, typer.Option("--milvus-uri", help="Milvus server URI or Milvus Lite path.")
+]
+Collection = Annotated[str | None, typer.Option("--collection", help="Milvus collection.")]
+Topic = Annotated[str | None, typer.Option("--topic", help="Topic of image.v1 messages.")]
+LogFormat = Annotated[str | None, typer.Option("--log-format", help="auto, json or console.")]
+LogLevel = Annotated[str | None, typer.Option("--log-level", help="DEBUG, INFO, WARNING...")]
+
+
+def _settings(**cli: Any) -> Settings:
+    """Build settings from explicitly given flags (None means: not given)."""
+    given = {k: v for k, v in cli.items() if v is not None and v != () and v != []}
+    try:
+        return Settings(**given)
+    except Exception as exc:
+        typer.echo(f"error: invalid settings: {exc}", err=True)
+        raise typer.Exit(EXIT_CONFIG) from exc
+
+
+def _configure_logging(s: Settings) -> None:
+    from consumer.observability import configure_logging
+
+    configure_logging(s.log_level, s.log_format)
+
+
+def _backfill_group(collection: str, start: str) -> str:
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", start).strip("-").lower()
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    return f"backfill-{collection}-{slug}-{stamp}"
+
+
+@app.command()
+def run(
+    topic: Topic = None,
+    group: Annotated[str | None, typer.Option("--group", help="Consumer group.")] = None,
+    collection: Collection = None,
+    until_end: Annotated[
+        bool | None, typer.Option("--until-end", help="Stop at the end offsets seen at start.")
+    ] = None,
+    until: Annotated[
+        str | None, typer.Option("--until", help="Stop at messages after this ISO-8601 time.")
+    ] = None,
+    start_from: Annotated[
+        str | None,
+        typer.Option("--from", help="earliest | latest | ISO-8601 time | partition:offset,..."),
+    ] = None,
+    reset_offsets: Annotated[
+        bool | None, typer.Option("--reset-offsets", help="Let --from move a group's offsets.")
+    ] = None,
+    max_rate: Annotated[
+        float | None, typer.Option("--max-rate", help="Messages per second at most.")
+    ] = None,
+    file_root: Annotated[
+        list[Path] | None,
+        typer.Option("--file-root", help="Directory file:// URIs may read from (repeatable)."),
+    ] = None,
+    dlq_topic: Annotated[
+        str | None, typer.Option("--dlq-topic", help="Dead-letter topic (default <topic>.dlq).")
+    ] = None,
+    bootstrap_servers: Bootstrap = None,
+    triton_url: TritonUrl = None,
+    model: Model = None,
+    model_version: ModelVersion = None,
+    output: Output = None,
+    milvus_uri: MilvusUri = None,
+    metrics_port: Annotated[
+        int | None, typer.Option("--metrics-port", help="Port of /metrics /livez /readyz.")
+    ] = None,
+    no_metrics: Annotated[bool, typer.Option("--no-metrics", help="Serve no metrics.")] = False,
+    batch_size: Annotated[int | None, typer.Option("--batch-size")] = None,
+    infer_threads: Annotated[int | None, typer.Option("--infer-threads")] = None,
+    infer_batch_size: Annotated[int | None, typer.Option("--infer-batch-size")] = None,
+    io_threads: Annotated[int | None, typer.Option("--io-threads")] = None,
+    max_rows_in_flight: Annotated[int | None, typer.Option("--max-rows-in-flight")] = None,
+    flush_interval_s: Annotated[float | None, typer.Option("--flush-interval-s")] = None,
+    kafka_config: Annotated[
+        list[str] | None, typer.Option("--kafka-config", help="librdkafka key=value (repeat).")
+    ] = None,
+    allow_private_networks: Annotated[
+        bool | None, typer.Option("--allow-private-networks", help="Turn the SSRF guard off.")
+    ] = None,
+    allowed_network: Annotated[
+        list[str] | None, typer.Option("--allowed-network", help="CIDR allowed (repeatable).")
+    ] = None,
+    follow_redirects: Annotated[bool | None, typer.Option("--follow-redirects")] = None,
+    summary_json: Annotated[
+        Path | None, typer.Option("--summary-json", help="Write the run summary here.")
+    ] = None,
+    config: Config = None,
+    log_format: LogFormat = None,
+    log_level: LogLevel = None,
+) -> None:
+    """Consume image URIs, embed them and upsert the vectors into Milvus."""
+    if start_from and not group and collection:
+        group = _backfill_group(collection, start_from)
+    s = _settings(
+        config_file=config,
+        topic=topic,
+        group=group,
+        collection=collection,
+        until_end=until_end,
+        until=until,
+        start_from=start_from,
+        reset_offsets=reset_offsets,
+        max_rate=max_rate,
+        file_roots=tuple(file_root) if file_root else None,
+        dlq_topic=dlq_topic,
+        bootstrap_servers=bootstrap_servers,
+        triton_url=triton_url,
+        model=model,
+        model_version=model_version,
+        output=output,
+        milvus_uri=milvus_uri,
+        metrics_port=metrics_port,
+        batch_size=batch_size,
+        infer_threads=infer_threads,
+        infer_batch_size=infer_batch_size,
+        io_threads=io_threads,
+        max_rows_in_flight=max_rows_in_flight,
+        flush_interval_s=flush_interval_s,
+        kafka_config=kafka_config,
+        allow_private_networks=allow_private_networks,
+        allowed_networks=tuple(allowed_network) if allowed_network else None,
+        follow_redirects=follow_redirects,
+        summary_json=summary_json,
+        log_format=log_format,
+        log_level=log_level,
+    )
+    _configure_logging(s)
+    from consumer.engine import Engine, EngineFatalError
+    from consumer.observability import HealthServer, Metrics, get_logger
+
+    log = get_logger("consumer.cli")
+    log.info("starting", settings=s.redacted())
+    metrics = Metrics()
+    progress = _Progress() if (s.until_end or s.until) and sys.stderr.isatty() else None
+    engine = Engine(s, metrics=metrics, on_progress=progress.update if progress else None)
+    server = None
+    if not no_metrics and s.metrics_port is not None:
+        server = HealthServer(
+            metrics.registry,
+            tick_age=metrics.seconds_since_tick,
+            readiness=engine.readiness,
+            host=s.metrics_host,
+            port=s.metrics_port,
+        )
+        server.start()
+        log.info("metrics served", port=server.port)
+    try:
+        summary = engine.run()
+    except EngineFatalError as exc:
+        log.error("fatal", error=str(exc))
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(EXIT_FATAL) from exc
+    finally:
+        if progress:
+            progress.close()
+        if server is not None:
+            server.stop()
+    if engine._abort.is_set():  # a second SIGINT
+        raise typer.Exit(EXIT_ABORTED)
+    if s.summary_json:
+        s.summary_json.parent.mkdir(parents=True, exist_ok=True)
+        s.summary_json.write_bytes(summary.to_json())
+    typer.echo(
+        f"ingested={summary.ingested} dead_lettered={summary.dead_lettered} "
+        f"deleted={summary.deleted} skipped_stale={summary.skipped_stale} "
+        f"superseded={summary.superseded} seconds={summary.seconds:.1f} "
+        f"images_per_second={summary.images_per_second:.1f}"
+    )
+
+
+class _Progress:
+    """Done of total, rate and time left for a bounded run on a terminal."""
+
+    def __init__(self) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+        )
+
+        self._progress = Progress(
+            TextColumn("ingesting"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]:.1f} msg/s"),
+            TimeRemainingColumn(),
+            transient=True,
+        )
+        self._task = self._progress.add_task("run", total=None, rate=0.0)
+        self._started = time.monotonic()
+        self._last = 0.0
+        self._progress.start()
+
+    def update(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if now - self._last < 0.2:
+            return
+        self._last = now
+        rate = done / max(1e-6, now - self._started)
+        self._progress.update(self._task, completed=done, total=total or None, rate=rate)
+
+    def close(self) -> None:
+        self._progress.stop()
+
+
+@app.command()
+def search(
+    image: Annotated[str, typer.Argument(help="Local image path or URI to search with.")],
+    collection: Collection = None,
+    top_k: Annotated[int, typer.Option("--top-k", min=1, max=16384)] = 5,
+    triton_url: TritonUrl = None,
+    model: Model = None,
+    model_version: ModelVersion = None,
+    output: Output = None,
+    milvus_uri: MilvusUri = None,
+    config: Config = None,
+    log_level: LogLevel = None,
+) -> None:
+    """Embed IMAGE through the same preprocessing and model, print the nearest rows as JSON."""
+    s = _settings(
+        config_file=config,
+        collection=collection,
+        triton_url=triton_url,
+        model=model,
+        model_version=model_version,
+        output=output,
+        milvus_uri=milvus_uri,
+        log_level=log_level or "WARNING",
+    )
+    _configure_logging(s)
+    if not s.collection:
+        typer.echo("error: --collection is required", err=True)
+        raise typer.Exit(EXIT_CONFIG)
+    from consumer.query import QueryError, embed_image, search_collection
+
+    try:
+        vector, spec = embed_image(s, image)
+        hits = search_collection(s, spec, vector, top_k)
+    except QueryError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(EXIT_FATAL) from exc
+    for hit in hits:
+        sys.stdout.write(
+            orjson.dumps({"id": hit["id"], "uri": hit["uri"], "score": hit["score"]}).decode()
+            + "\n"
+        )
+
+
+@app.command()
+def check(
+    topic: Topic = None,
+    collection: Collection = None,
+    bootstrap_servers: Bootstrap = None,
+    triton_url: TritonUrl = None,
+    model: Model = None,
+    model_version: ModelVersion = None,
+    output: Output = None,
+    milvus_uri: MilvusUri = None,
+    config: Config = None,
+) -> None:
+    """Validate settings and connectivity; say what is wrong."""
+    s = _settings(
+        config_file=config,
+        topic=topic,
+        collection=collection,
+        bootstrap_servers=bootstrap_servers,
+        triton_url=triton_url,
+        model=model,
+        model_version=model_version,
+        output=output,
+        milvus_uri=milvus_uri,
+        log_level="ERROR",
+    )
+    _configure_logging(s)
+    from consumer.query import run_checks
+
+    ok = True
+    for name, passed, detail in run_checks(s):
+        mark = "ok  " if passed else "FAIL"
+        typer.echo(f"{mark} {name}: {detail}")
+        ok = ok and passed
+    if not ok:
+        raise typer.Exit(EXIT_FATAL)
+
+
+@app.command()
+def promote(
+    alias: Annotated[str, typer.Option("--alias", help="Alias readers query.")],
+    collection: Annotated[str, typer.Option("--collection", help="Collection to point it at.")],
+    milvus_uri: MilvusUri = None,
+    config: Config = None,
+) -> None:
+    """Switch a Milvus alias to COLLECTION, so readers move to it at once."""
+    s = _settings(config_file=config, milvus_uri=milvus_uri, collection=collection)
+    from consumer.sink import MilvusCollection, connect
+
+    client = connect(s.milvus_uri, s.milvus_token.get_secret_value() if s.milvus_token else None)
+    if not client.has_collection(collection):
+        typer.echo(f"error: collection {collection!r} does not exist", err=True)
+        raise typer.Exit(EXIT_FATAL)
+    previous = MilvusCollection(client, collection).promote(alias)
+    typer.echo(f"alias {alias} -> {collection} (was {previous or 'unset'})")
+
+
+def main() -> None:
+    app()

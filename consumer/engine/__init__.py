@@ -1,0 +1,6 @@
+"""The consumer loop: poll, dispatch, backpressure, rebalance, commit, shutdown."""
+
+from consumer.engine.exceptions import EngineFatalError
+from consumer.engine.loop import Engine, RunSummary
+
+__all__ = ["Engine", "EngineFatalError", "RunSummary"]

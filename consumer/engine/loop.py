@@ -1,0 +1,1046 @@
+"""The consumer engine.
+
+Threads and what they own:
+- main: the Kafka consumer, the offset tracker, JAX preprocessing, the dead-letter producer's
+  callbacks and every commit. Signal handlers only set flags that this loop reads.
+- I/O pool: fetch + decode + fit to the canvas (no JAX).
+- inference pool: Triton calls (one client per thread) and NumPy normalization; hands rows to the
+  writer and bad vectors back to the main thread.
+- Milvus writer: grouped upserts and deletes; acknowledgements go back to the main thread.
+
+Offsets are committed only up to the contiguous watermark of finished messages (written to Milvus
+or acknowledged by the dead-letter topic), whatever order the work finishes in.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import random
+import signal
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    OFFSET_END,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
+
+from consumer.engine.crash import crash_point
+from consumer.engine.exceptions import EngineFatalError
+from consumer.engine.registry import LatestRegistry
+from consumer.fetch import Fetcher, FetchError, FetchPolicy, decode_image
+from consumer.inference import (
+    InferenceRejectedError,
+    InferenceUnavailableError,
+    ModelSpec,
+    TritonInference,
+    l2_normalize,
+)
+from consumer.inference.client import TritonEndpoint, read_model_spec
+from consumer.observability.logging import get_logger
+from consumer.observability.metrics import Metrics, Outcome, RetryOperation
+from consumer.offsets import OffsetOrderError, OffsetTracker
+from consumer.preprocess import fit_to_canvas
+from consumer.settings import Settings, parse_start
+from consumer.sink import (
+    CollectionContract,
+    MilvusCollection,
+    MilvusWriter,
+    WriteOp,
+    WriteResult,
+    connect,
+)
+from consumer.sink.collection import URI_MAX_LENGTH
+from schemas import (
+    ErrorType,
+    ImageMessage,
+    InvalidMessage,
+    Stage,
+    dead_letter_headers,
+    decode_message,
+    redact_uri,
+    redrive_count,
+)
+from schemas import preprocessing as contract
+
+log = get_logger("consumer.engine")
+
+PartitionKey = tuple[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class Ref:
+    """Identifies one delivered message within one assignment generation of its partition."""
+
+    gen: int
+    topic: str
+    partition: int
+    offset: int
+
+    @property
+    def key(self) -> PartitionKey:
+        return (self.topic, self.partition)
+
+
+@dataclass(slots=True)
+class _Raw:
+    """What the main thread keeps per in-flight message: enough to dead-letter it."""
+
+    key: bytes | None
+    value: bytes | None
+    redrive_count: int
+    id: str | None
+    kafka_ts: int
+
+
+@dataclass(slots=True)
+class _Fetching:
+    ref: Ref
+    msg: ImageMessage
+    future: Future[np.ndarray]
+
+
+@dataclass
+class RunSummary:
+    """Counts per outcome for one run; printed at the end and written with --summary-json."""
+
+    ingested: int = 0
+    deleted: int = 0
+    dead_lettered: int = 0
+    skipped_stale: int = 0
+    superseded: int = 0
+    seconds: float = 0.0
+    images_per_second: float = 0.0
+    dead_letters_by_type: dict[str, int] = field(default_factory=dict)
+    committed: dict[str, int] = field(default_factory=dict)
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(asdict(self), option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS)
+
+
+class _RateLimiter:
+    """Token bucket in messages per second (``--max-rate``)."""
+
+    def __init__(self, rate: float | None, burst: int) -> None:
+        self.rate = rate
+        self.capacity = max(1.0, float(burst))
+        self.tokens = self.capacity
+        self.last = time.monotonic()
+
+    def available(self) -> int:
+        if self.rate is None:
+            return sys.maxsize
+        now = time.monotonic()
+        self.tokens = min(self.capacity, self.tokens + (now - self.last) * self.rate)
+        self.last = now
+        return int(self.tokens)
+
+    def take(self, count: int) -> None:
+        if self.rate is not None:
+            self.tokens -= count
+
+    def wait_s(self) -> float:
+        if self.rate is None or self.tokens >= 1:
+            return 0.0
+        return (1 - self.tokens) / self.rate
+
+
+class Engine:
+    """Runs the consumer until stopped, or until the end bound of a bounded run."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        metrics: Metrics | None = None,
+        on_progress: Callable[[int, int], None] | None = None,
+    ) -> None:
+        if not settings.topic or not settings.group or not settings.collection:
+            raise EngineFatalError("run needs --topic, --group and --collection")
+        self.settings = settings
+        self.metrics = metrics or Metrics()
+        self.summary = RunSummary()
+        self._on_progress = on_progress
+        self._tracker = OffsetTracker()
+        self._registry = LatestRegistry()
+        self._results: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
+        self._raw: dict[Ref, _Raw] = {}
+        self._gen: dict[PartitionKey, int] = {}
+        self._gen_counter = 0
+        self._assigned: set[PartitionKey] = set()
+        self._positioned: set[PartitionKey] = set()
+        self._ends: dict[PartitionKey, int] = {}
+        self._starts: dict[PartitionKey, int] = {}
+        self._reached: set[PartitionKey] = set()
+        self._fetching: deque[_Fetching] = deque()
+        self._ready: deque[tuple[Ref, ImageMessage, np.ndarray]] = deque()
+        self._ready_since = 0.0
+        self._infer_in_flight = 0
+        self._dlq_pending = 0
+        self._paused = False
+        self._stop = threading.Event()
+        self._abort = threading.Event()
+        self._fatal: BaseException | None = None
+        self._last_commit = 0.0
+        self._sigint_count = 0
+        self._start_spec = parse_start(settings.start_from) if settings.start_from else None
+        self._bounded = settings.until_end or settings.until is not None
+        self._limiter = _RateLimiter(settings.max_rate, settings.batch_size)
+        self._consumer: Consumer | None = None
+        self._producer: Producer | None = None
+        self._writer: MilvusWriter | None = None
+        self._preprocessor: Any = None
+        self._triton: TritonInference | None = None
+        self._spec: ModelSpec | None = None
+        self._fetcher: Fetcher | None = None
+        self._io_pool: ThreadPoolExecutor | None = None
+        self._infer_pool: ThreadPoolExecutor | None = None
+        self._collection: MilvusCollection | None = None
+        self._milvus: Any = None
+
+    # ================================================================================ set-up
+    def setup(self) -> None:
+        """Connect, validate the model and the collection, warm the JAX buckets. Main thread."""
+        s = self.settings
+        endpoint = triton_endpoint(s)
+        self._spec = wait_for_model_spec(endpoint, s, self._stop)
+        self._triton = TritonInference(endpoint, self._spec)
+        contract_ = collection_contract(self._spec)
+        self._milvus = connect(
+            s.milvus_uri,
+            s.milvus_token.get_secret_value() if s.milvus_token else None,
+            s.milvus_db,
+            s.milvus_timeout_s,
+            s.milvus_server_pem_path,
+        )
+        self._collection = MilvusCollection(self._milvus, s.collection or "")
+        try:
+            created = self._collection.ensure(contract_)
+        except Exception as exc:
+            if type(exc).__name__ == "CollectionMismatchError":
+                raise EngineFatalError(str(exc)) from exc
+            raise
+        log.info("collection ready", collection=s.collection, created=created, dim=contract_.dim)
+        self.metrics.set_build_info(model=self._spec.name, model_version=self._spec.version)
+        self._preprocessor = make_preprocessor(s)
+        self._fetcher = Fetcher(fetch_policy(s))
+        self._io_pool = ThreadPoolExecutor(s.io_threads, thread_name_prefix="io")
+        self._infer_pool = ThreadPoolExecutor(s.infer_threads, thread_name_prefix="infer")
+        self._writer = MilvusWriter(
+            self._milvus,
+            s.collection or "",
+            on_results=lambda results: self._results.put(("write", results)),
+            is_latest=lambda op: self._registry.is_latest(op.id, op.token),
+            batch_rows=s.write_batch_rows,
+            max_age_s=s.write_max_age_s,
+            flush_interval_s=s.flush_interval_s,
+            on_retry=lambda exc, delay: self.metrics.record_retry(RetryOperation.MILVUS),
+            on_write_seconds=lambda sec: self.metrics.observe_stage("write", sec),
+        )
+        self._writer.start()
+        self._producer = Producer(
+            {
+                **s.kafka_common(),
+                "enable.idempotence": True,
+                "acks": "all",
+                "linger.ms": 5,
+                "compression.type": "zstd",
+                "error_cb": self._on_kafka_error,
+            }
+        )
+        conf = {
+            **s.kafka_common(),
+            "group.id": s.group,
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": "earliest",
+            "partition.assignment.strategy": "cooperative-sticky",
+            "session.timeout.ms": s.session_timeout_ms,
+            "max.poll.interval.ms": s.max_poll_interval_ms,
+            "enable.partition.eof": self._bounded,
+            "error_cb": self._on_kafka_error,
+            "statistics.interval.ms": 5000,
+            "stats_cb": self.metrics.update_from_librdkafka_stats,
+        }
+        self._consumer = Consumer(conf)
+        self._consumer.subscribe(
+            [s.topic], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
+        )
+
+    # ============================================================================ main loop
+    def run(self) -> RunSummary:
+        """Run until a stop signal, a fatal error or the end bound; returns the summary."""
+        self._install_signals()
+        started = time.monotonic()
+        try:
+            self.setup()
+            self._loop()
+            if not self._abort.is_set():
+                self._drain()
+        finally:
+            self._close()
+            self.summary.seconds = round(time.monotonic() - started, 3)
+            images = self.summary.ingested
+            self.summary.images_per_second = (
+                round(images / self.summary.seconds, 2) if self.summary.seconds else 0.0
+            )
+        if self._fatal is not None:
+            raise EngineFatalError(str(self._fatal)) from self._fatal
+        return self.summary
+
+    def request_stop(self) -> None:
+        """Stop intake, drain, write, commit, close (what SIGTERM does)."""
+        self._stop.set()
+
+    def _install_signals(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+
+        def on_term(signum: int, frame: Any) -> None:
+            self._stop.set()
+
+        def on_int(signum: int, frame: Any) -> None:
+            self._sigint_count += 1
+            self._stop.set()
+            if self._sigint_count >= 2:
+                self._abort.set()
+
+        signal.signal(signal.SIGTERM, on_term)
+        signal.signal(signal.SIGINT, on_int)
+
+    def _loop(self) -> None:
+        assert self._consumer is not None
+        s = self.settings
+        while not self._stop.is_set() and self._fatal is None:
+            self.metrics.tick()
+            self._pump()
+            self._apply_backpressure()
+            budget = min(s.batch_size, self._limiter.available())
+            if budget < 1:
+                time.sleep(min(s.poll_timeout_s, self._limiter.wait_s()))
+                continue
+            busy = bool(self._fetching or self._ready or self._infer_in_flight)
+            timeout = 0.005 if busy else s.poll_timeout_s
+            messages = self._consumer.consume(num_messages=budget, timeout=timeout)
+            if self._fatal is not None:
+                break
+            if messages:
+                crash_point("after_poll")
+                self._handle_batch(messages)
+            self._maybe_commit()
+            if self._bounded and self._bounded_run_complete():
+                log.info("reached the end offsets", ends=self._ends_for_log())
+                break
+
+    def _pump(self) -> None:
+        """Everything but polling: results, fetch completions, preprocessing, dead letters."""
+        if self._producer is not None:
+            self._producer.poll(0)
+        self._drain_results()
+        self._collect_fetches()
+        self._dispatch_inference()
+        self.metrics.set_rows_in_flight(self._tracker.in_flight())
+
+    # ======================================================================= message intake
+    def _handle_batch(self, messages: list[Message]) -> None:
+        good = 0
+        for message in messages:
+            err = message.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    key = (message.topic(), message.partition())
+                    end = self._ends.get(key)
+                    if end is not None and message.offset() >= end:
+                        self._reached.add(key)
+                    elif end is not None and self._tracker.position(key) is None:
+                        # an empty slice up to the end (e.g. compaction): nothing more to read
+                        self._reached.add(key)
+                    continue
+                log.warning("kafka consume error", error=str(err))
+                continue
+            key = (message.topic(), message.partition())
+            if key not in self._assigned:
+                continue
+            offset = message.offset()
+            end = self._ends.get(key)
+            if end is not None and offset >= end:
+                self._reached.add(key)
+                self._consumer.pause([TopicPartition(key[0], key[1])])  # type: ignore[union-attr]
+                continue
+            ref = Ref(self._gen.get(key, 0), key[0], key[1], offset)
+            try:
+                self._tracker.delivered(key, offset)
+            except OffsetOrderError:
+                log.warning("duplicate delivery ignored", partition=key[1], offset=offset)
+                continue
+            good += 1
+            if end is not None and offset >= end - 1:
+                self._reached.add(key)
+            self._intake(ref, message)
+        if good:
+            self._limiter.take(good)
+            self.metrics.observe_batch_size(good)
+
+    def _intake(self, ref: Ref, message: Message) -> None:
+        _, ts = message.timestamp()
+        kafka_ts = int(ts) if ts and ts > 0 else int(time.time() * 1000)
+        raw = _Raw(message.key(), message.value(), redrive_count(message.headers()), None, kafka_ts)
+        self._raw[ref] = raw
+        try:
+            msg = decode_message(
+                message.key(), message.value(), allowed_schemes=self.settings.allowed_schemes
+            )
+        except InvalidMessage as exc:
+            self._dead_letter(ref, Stage.PARSE, exc.error_type, str(exc))
+            return
+        raw.id = msg.id
+        self._registry.register(msg.id, ref)
+        if msg.op == "delete":
+            assert self._writer is not None
+            self._writer.submit([WriteOp(ref, msg.id, kafka_ts, None)])
+            return
+        assert self._io_pool is not None
+        future = self._io_pool.submit(self._load, msg.uri or "")
+        self._fetching.append(_Fetching(ref, msg, future))
+
+    def _load(self, uri: str) -> np.ndarray:
+        """I/O thread: fetch, decode, cut to the canvas. Never touches JAX."""
+        assert self._fetcher is not None
+        started = time.perf_counter()
+        data = self._fetcher.fetch(uri)
+        fetched = time.perf_counter()
+        self.metrics.observe_stage("fetch", fetched - started)
+        image = decode_image(
+            data, min_shorter_px=contract.RESIZE_SHORTER_PX, max_pixels=self.settings.max_pixels
+        )
+        square = fit_to_canvas(image, self.settings.canvas_px)
+        self.metrics.observe_stage("decode", time.perf_counter() - fetched)
+        return square
+
+    def _collect_fetches(self) -> None:
+        still: deque[_Fetching] = deque()
+        while self._fetching:
+            item = self._fetching.popleft()
+            if not item.future.done():
+                still.append(item)
+                continue
+            if not self._is_current(item.ref):
+                continue
+            exc = item.future.exception()
+            if exc is None:
+                if not self._ready:
+                    self._ready_since = time.monotonic()
+                self._ready.append((item.ref, item.msg, item.future.result()))
+            elif isinstance(exc, FetchError):
+                self._dead_letter(item.ref, exc.stage, exc.error_type, str(exc))
+            else:
+                log.error("unexpected fetch failure", error=repr(exc))
+                self._dead_letter(item.ref, Stage.DECODE, ErrorType.CORRUPT_IMAGE, repr(exc))
+        self._fetching = still
+
+    # ========================================================================== inference
+    def _dispatch_inference(self) -> None:
+        s = self.settings
+        limit = s.infer_threads * 2
+        while self._ready and self._infer_in_flight < limit:
+            enough = len(self._ready) >= s.batch_size
+            stale = time.monotonic() - self._ready_since > 0.02
+            if not (enough or stale or not self._fetching):
+                return
+            batch = [self._ready.popleft() for _ in range(min(s.batch_size, len(self._ready)))]
+            batch = [b for b in batch if self._is_current(b[0])]
+            if self._ready:
+                self._ready_since = time.monotonic()
+            if not batch:
+                continue
+            started = time.perf_counter()
+            tensor = self._preprocessor([square for _, _, square in batch])
+            self.metrics.observe_stage("preprocess", time.perf_counter() - started)
+            for start in range(0, len(batch), s.infer_batch_size):
+                chunk = batch[start : start + s.infer_batch_size]
+                arr = tensor[start : start + s.infer_batch_size]
+                items = [(ref, msg, self._raw[ref].kafka_ts) for ref, msg, _ in chunk]
+                self._infer_in_flight += 1
+                assert self._infer_pool is not None
+                self._infer_pool.submit(self._infer_task, items, arr)
+
+    def _infer_task(self, items: list[tuple[Ref, ImageMessage, int]], arr: np.ndarray) -> None:
+        """Inference thread: Triton (retried while unavailable), normalize, hand rows on."""
+        try:
+            vectors = self._infer_with_retry(items, arr)
+            if vectors is None:
+                return
+            crash_point("after_infer")
+            started = time.perf_counter()
+            unit, valid = l2_normalize(vectors)
+            self.metrics.observe_stage("normalize", time.perf_counter() - started)
+            ops: list[WriteOp] = []
+            now_ms = int(time.time() * 1000)
+            assert self._spec is not None
+            model_label = f"{self._spec.name}/{self._spec.version}"
+            for (ref, msg, kafka_ts), vec, ok in zip(items, unit, valid, strict=True):
+                if not ok:
+                    self._results.put(
+                        (
+                            "dead",
+                            ref,
+                            Stage.NORMALIZE,
+                            ErrorType.INVALID_EMBEDDING,
+                            "the model returned a NaN, infinite or zero vector",
+                        )
+                    )
+                    continue
+                row = {
+                    "id": msg.id,
+                    "embedding": vec.tolist(),
+                    "uri": redact_uri(msg.uri or "")[:URI_MAX_LENGTH],
+                    "metadata": msg.metadata,
+                    "model": model_label,
+                    "ingested_at": now_ms,
+                    "kafka_ts": kafka_ts,
+                    "kafka_partition": ref.partition,
+                    "kafka_offset": ref.offset,
+                }
+                ops.append(WriteOp(ref, msg.id, kafka_ts, row))
+            if ops:
+                assert self._writer is not None
+                self._writer.submit(ops)
+        except Exception as exc:  # never lose track of a batch: report it as failed input
+            log.error("inference task failed", error=repr(exc))
+            for ref, _, _ in items:
+                self._results.put(("dead", ref, Stage.INFER, ErrorType.MODEL_REJECTED, repr(exc)))
+        finally:
+            self._results.put(("infer_done",))
+
+    def _infer_with_retry(
+        self, items: list[tuple[Ref, ImageMessage, int]], arr: np.ndarray
+    ) -> np.ndarray | None:
+        assert self._triton is not None
+        attempt = 0
+        while not self._abort.is_set():
+            started = time.perf_counter()
+            try:
+                vectors = self._triton.infer(arr)
+                self.metrics.observe_stage("infer", time.perf_counter() - started)
+                return vectors
+            except InferenceUnavailableError as exc:
+                attempt += 1
+                self.metrics.record_retry(RetryOperation.TRITON)
+                delay = min(10.0, 0.1 * 2 ** min(attempt, 10))
+                delay = random.uniform(delay / 2, delay)
+                if attempt == 1 or attempt % 10 == 0:
+                    log.warning("triton unavailable, retrying", attempt=attempt, error=str(exc))
+                self._abort.wait(delay)
+            except InferenceRejectedError as exc:
+                if len(items) == 1:
+                    ref = items[0][0]
+                    self._results.put(
+                        ("dead", ref, Stage.INFER, ErrorType.MODEL_REJECTED, str(exc))
+                    )
+                    return None
+                # find the bad input: one request per image
+                for i, item in enumerate(items):
+                    single = self._infer_with_retry([item], arr[i : i + 1])
+                    if single is not None:
+                        self._infer_single_rest(item, single)
+                return None
+        return None
+
+    def _infer_single_rest(self, item: tuple[Ref, ImageMessage, int], vector: np.ndarray) -> None:
+        ref, msg, kafka_ts = item
+        unit, valid = l2_normalize(vector)
+        if not valid[0]:
+            self._results.put(
+                (
+                    "dead",
+                    ref,
+                    Stage.NORMALIZE,
+                    ErrorType.INVALID_EMBEDDING,
+                    "the model returned a NaN, infinite or zero vector",
+                )
+            )
+            return
+        assert self._spec is not None and self._writer is not None
+        row = {
+            "id": msg.id,
+            "embedding": unit[0].tolist(),
+            "uri": redact_uri(msg.uri or "")[:URI_MAX_LENGTH],
+            "metadata": msg.metadata,
+            "model": f"{self._spec.name}/{self._spec.version}",
+            "ingested_at": int(time.time() * 1000),
+            "kafka_ts": kafka_ts,
+            "kafka_partition": ref.partition,
+            "kafka_offset": ref.offset,
+        }
+        self._writer.submit([WriteOp(ref, msg.id, kafka_ts, row)])
+
+    # ============================================================================= results
+    def _drain_results(self) -> None:
+        while True:
+            try:
+                event = self._results.get_nowait()
+            except queue.Empty:
+                return
+            kind = event[0]
+            if kind == "write":
+                results: list[WriteResult] = event[1]
+                crash_point("after_upsert")
+                for result in results:
+                    self._finish(result.token, result.outcome)
+            elif kind == "dead":
+                _, ref, stage, error_type, text = event
+                self._dead_letter(ref, stage, error_type, text)
+            elif kind == "infer_done":
+                self._infer_in_flight -= 1
+
+    def _is_current(self, ref: Ref) -> bool:
+        return self._gen.get(ref.key) == ref.gen and self._tracker.knows(ref.key, ref.offset)
+
+    def _finish(self, ref: Ref, outcome: str) -> None:
+        """Mark one message durably handled (main thread)."""
+        if not self._is_current(ref):
+            return
+        self._tracker.finished(ref.key, ref.offset)
+        raw = self._raw.pop(ref, None)
+        if raw is not None and raw.id is not None:
+            self._registry.release(raw.id)
+        if outcome == "written":
+            self.summary.ingested += 1
+            self.metrics.record_outcome(Outcome.INGESTED)
+        elif outcome == "deleted":
+            self.summary.deleted += 1
+            self.metrics.record_outcome(Outcome.DELETED)
+        elif outcome == "skipped_stale":
+            self.summary.skipped_stale += 1
+            self.metrics.record_outcome(Outcome.SKIPPED_STALE)
+        elif outcome == "superseded":
+            self.summary.superseded += 1
+        if self._on_progress is not None:
+            self._on_progress(self._done_count(), self._total_count())
+
+    def _done_count(self) -> int:
+        s = self.summary
+        return s.ingested + s.deleted + s.dead_lettered + s.skipped_stale + s.superseded
+
+    def _total_count(self) -> int:
+        return sum(max(0, self._ends[k] - self._starts.get(k, 0)) for k in self._ends)
+
+    # ======================================================================== dead letters
+    def _dead_letter(
+        self, ref: Ref, stage: Stage | str, error_type: ErrorType | str, text: str
+    ) -> None:
+        if not self._is_current(ref):
+            return
+        raw = self._raw.get(ref)
+        if raw is None:
+            return
+        assert self._producer is not None
+        headers = dead_letter_headers(
+            stage=Stage(stage),
+            error_type=ErrorType(error_type),
+            message=text,
+            source_topic=ref.topic,
+            source_partition=ref.partition,
+            source_offset=ref.offset,
+            redrive_count=raw.redrive_count,
+        )
+        self._dlq_pending += 1
+        callback = partial(self._on_dlq_delivery, ref, stage, error_type, text)
+        while True:
+            try:
+                self._producer.produce(
+                    self.settings.dead_letter_topic,
+                    key=raw.key,
+                    value=raw.value,
+                    headers=headers,
+                    on_delivery=callback,
+                )
+                break
+            except BufferError:
+                self._producer.poll(0.1)
+        log.info(
+            "dead-lettered",
+            topic=ref.topic,
+            partition=ref.partition,
+            offset=ref.offset,
+            stage=str(stage),
+            error_type=str(error_type),
+            reason=text[:300],
+        )
+
+    def _on_dlq_delivery(
+        self, ref: Ref, stage: Any, error_type: Any, text: str, err: KafkaError | None, msg: Any
+    ) -> None:
+        self._dlq_pending -= 1
+        if err is not None:
+            log.warning("dead-letter delivery failed, retrying", error=str(err))
+            self.metrics.record_retry(RetryOperation.KAFKA_COMMIT)
+            self._dead_letter(ref, stage, error_type, text)
+            return
+        if not self._is_current(ref):
+            return
+        self.summary.dead_lettered += 1
+        key = str(error_type)
+        self.summary.dead_letters_by_type[key] = self.summary.dead_letters_by_type.get(key, 0) + 1
+        self.metrics.record_dead_letter(error_type)
+        self._finish_dead(ref)
+
+    def _finish_dead(self, ref: Ref) -> None:
+        self._tracker.finished(ref.key, ref.offset)
+        raw = self._raw.pop(ref, None)
+        if raw is not None and raw.id is not None:
+            self._registry.release(raw.id)
+        if self._on_progress is not None:
+            self._on_progress(self._done_count(), self._total_count())
+
+    # =========================================================================== commits
+    def _maybe_commit(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last_commit < self.settings.commit_interval_s:
+            return
+        self._last_commit = now
+        self._commit(sorted(self._assigned))
+
+    def _commit(self, keys: list[PartitionKey]) -> bool:
+        if self._consumer is None or not keys:
+            return True
+        positions = self._tracker.committable(keys)
+        if not positions:
+            return True
+        offsets = [TopicPartition(t, p, off) for (t, p), off in positions.items()]
+        started = time.perf_counter()
+        try:
+            result = self._consumer.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as exc:
+            self.metrics.record_retry(RetryOperation.KAFKA_COMMIT)
+            log.warning("commit failed; will retry", error=str(exc))
+            return False
+        self.metrics.observe_stage("commit", time.perf_counter() - started)
+        committed = {}
+        for tp in result or []:
+            if tp.error is None:
+                committed[(tp.topic, tp.partition)] = tp.offset
+        self._tracker.mark_committed(committed)
+        for (topic, part), off in committed.items():
+            self.summary.committed[f"{topic}:{part}"] = off
+            self.metrics.set_uncommitted(topic, part, self._tracker.uncommitted((topic, part)))
+        return True
+
+    # ======================================================================= backpressure
+    def _apply_backpressure(self) -> None:
+        s = self.settings
+        in_flight = self._tracker.in_flight()
+        if not self._paused and in_flight >= s.max_rows_in_flight:
+            self._set_paused(True)
+            log.info("backpressure: partitions paused", rows_in_flight=in_flight)
+        elif self._paused and in_flight <= int(s.max_rows_in_flight * s.resume_fraction):
+            self._set_paused(False)
+            log.info("backpressure released: partitions resumed", rows_in_flight=in_flight)
+
+    def _set_paused(self, paused: bool) -> None:
+        assert self._consumer is not None
+        self._paused = paused
+        tps = [
+            TopicPartition(t, p) for t, p in sorted(self._assigned) if (t, p) not in self._reached
+        ]
+        if tps:
+            if paused:
+                self._consumer.pause(tps)
+            else:
+                self._consumer.resume(tps)
+        self.metrics.set_paused_partitions(len(self._assigned) if paused else 0)
+
+    # ========================================================================== rebalance
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        try:
+            self._position(consumer, partitions)
+        except Exception as exc:
+            self._fatal = exc
+        for tp in partitions:
+            key = (tp.topic, tp.partition)
+            self._gen_counter += 1
+            self._gen[key] = self._gen_counter
+            self._assigned.add(key)
+        consumer.incremental_assign(partitions)
+        if self._bounded:
+            try:
+                self._compute_ends(consumer, partitions)
+            except Exception as exc:
+                self._fatal = exc
+        to_pause = [
+            TopicPartition(tp.topic, tp.partition)
+            for tp in partitions
+            if self._paused or (tp.topic, tp.partition) in self._reached
+        ]
+        if to_pause:
+            consumer.pause(to_pause)
+            self.metrics.set_paused_partitions(len(self._assigned) if self._paused else 0)
+        log.info("partitions assigned", partitions=[tp.partition for tp in partitions])
+
+    def _position(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Apply --from to partitions assigned for the first time in this run."""
+        spec = self._start_spec
+        fresh = [tp for tp in partitions if (tp.topic, tp.partition) not in self._positioned]
+        for tp in fresh:
+            self._positioned.add((tp.topic, tp.partition))
+        if spec is None or not fresh:
+            return
+        if not self.settings.reset_offsets:
+            committed = consumer.committed(
+                [TopicPartition(tp.topic, tp.partition) for tp in fresh], timeout=10
+            )
+            moved = [c for c in committed if c.offset >= 0]
+            if moved:
+                raise EngineFatalError(
+                    f"group {self.settings.group!r} already has committed offsets on "
+                    f"{[c.partition for c in moved]}; pass --reset-offsets to move it with --from"
+                )
+        if spec == "earliest":
+            for tp in fresh:
+                tp.offset = OFFSET_BEGINNING
+        elif spec == "latest":
+            for tp in fresh:
+                tp.offset = OFFSET_END
+        elif isinstance(spec, datetime):
+            ms = int(spec.timestamp() * 1000)
+            query = [TopicPartition(tp.topic, tp.partition, ms) for tp in fresh]
+            found = consumer.offsets_for_times(query, timeout=10)
+            by_part = {f.partition: f.offset for f in found}
+            for tp in fresh:
+                off = by_part.get(tp.partition, -1)
+                tp.offset = off if off >= 0 else OFFSET_END
+        elif isinstance(spec, dict):
+            for tp in fresh:
+                if tp.partition in spec:
+                    tp.offset = spec[tp.partition]
+
+    def _compute_ends(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Record, once per partition, the offset a bounded run stops at."""
+        until = self.settings.until
+        for tp in partitions:
+            key = (tp.topic, tp.partition)
+            if key in self._ends:
+                continue
+            low, high = consumer.get_watermark_offsets(
+                TopicPartition(tp.topic, tp.partition), timeout=10, cached=False
+            )
+            end = high
+            if until is not None:
+                ms = int(until.timestamp() * 1000) + 1
+                found = consumer.offsets_for_times(
+                    [TopicPartition(tp.topic, tp.partition, ms)], timeout=10
+                )
+                if found and found[0].offset >= 0:
+                    end = found[0].offset
+            self._ends[key] = end
+            start = tp.offset if tp.offset >= 0 else low
+            committed = consumer.committed([TopicPartition(tp.topic, tp.partition)], timeout=10)
+            if tp.offset < 0 and committed and committed[0].offset >= 0:
+                start = committed[0].offset
+            if tp.offset == OFFSET_END:
+                start = high
+            self._starts[key] = start
+            if end <= low or start >= end:
+                self._reached.add(key)
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        keys = [(tp.topic, tp.partition) for tp in partitions]
+        if not self._abort.is_set():
+            deadline = time.monotonic() + self.settings.drain_timeout_s
+            while time.monotonic() < deadline and any(self._tracker.in_flight(k) for k in keys):
+                self._pump()
+                time.sleep(0.005)
+            self._commit(keys)
+        self._forget(keys)
+        log.info("partitions revoked", partitions=[k[1] for k in keys])
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        keys = [(tp.topic, tp.partition) for tp in partitions]
+        self._forget(keys)
+        log.warning(
+            "partitions lost; their uncommitted work will be redone by the new owner",
+            partitions=[k[1] for k in keys],
+        )
+
+    def _forget(self, keys: list[PartitionKey]) -> None:
+        for key in keys:
+            self._gen_counter += 1
+            self._gen[key] = self._gen_counter  # late results of the old generation are ignored
+            self._assigned.discard(key)
+            self.metrics.forget_partition(key[0], key[1])
+        stale = [ref for ref in self._raw if ref.key in keys]
+        for ref in stale:
+            raw = self._raw.pop(ref)
+            if raw.id is not None:
+                self._registry.release(raw.id)
+        self._tracker.drop(keys)
+
+    def _bounded_run_complete(self) -> bool:
+        if not self._assigned:
+            return False
+        for key in self._assigned:
+            if key not in self._reached or self._tracker.in_flight(key):
+                return False
+            if self._tracker.committable([key]):
+                self._maybe_commit(force=True)
+                if self._tracker.committable([key]):
+                    return False
+        return True
+
+    def _ends_for_log(self) -> dict[str, int]:
+        return {f"{t}:{p}": off for (t, p), off in sorted(self._ends.items())}
+
+    # ============================================================================ shutdown
+    def _drain(self) -> None:
+        """Stop intake, finish what is in flight (bounded), then commit."""
+        if self._consumer is None:
+            return
+        if self._assigned:
+            self._consumer.pause([TopicPartition(t, p) for t, p in sorted(self._assigned)])
+        deadline = time.monotonic() + self.settings.drain_timeout_s
+        while (
+            time.monotonic() < deadline
+            and not self._abort.is_set()
+            and (self._tracker.in_flight() or self._dlq_pending)
+        ):
+            self._pump()
+            self._consumer.consume(num_messages=1, timeout=0.01)  # keep the group alive
+        if self._tracker.in_flight():
+            log.warning(
+                "drain timed out; uncommitted work will be redone after restart",
+                rows_in_flight=self._tracker.in_flight(),
+            )
+        self._commit(sorted(self._assigned))
+
+    def _close(self) -> None:
+        if self._writer is not None:
+            if self._abort.is_set():
+                self._writer.abort()
+            else:
+                self._writer.close(self.settings.drain_timeout_s)
+                self._drain_results()
+        if self._consumer is not None:
+            if not self._abort.is_set():
+                self._commit(sorted(self._assigned))
+            with contextlib.suppress(Exception):
+                self._consumer.close()
+        if self._producer is not None:
+            self._producer.flush(10)
+        for pool in (self._io_pool, self._infer_pool):
+            if pool is not None:
+                pool.shutdown(wait=not self._abort.is_set(), cancel_futures=True)
+        if self._fetcher is not None:
+            self._fetcher.close()
+        if self._triton is not None:
+            self._triton.close()
+
+    # ============================================================================ helpers
+    def _on_kafka_error(self, err: KafkaError) -> None:
+        if err.fatal():
+            self._fatal = KafkaException(err)
+        log.warning("kafka error", error=str(err))
+
+    def readiness(self) -> dict[str, bool | str]:
+        """Checks for /readyz (called from the health server's thread)."""
+        checks: dict[str, bool | str] = {"assigned": bool(self._assigned)}
+        checks["triton"] = bool(self._triton and self._triton.is_ready())
+        try:
+            checks["milvus"] = bool(
+                self._milvus is not None and self._milvus.list_collections() is not None
+            )
+        except Exception as exc:
+            checks["milvus"] = f"unreachable: {type(exc).__name__}"
+        return checks
+
+
+# ================================================================================ factories
+def triton_endpoint(s: Settings) -> TritonEndpoint:
+    """Where Triton is; TLS file paths are handed to the client as they are."""
+    ssl = s.triton_url.startswith("https://") or bool(s.triton_ssl_root_certificates)
+    return TritonEndpoint(
+        protocol=s.triton_protocol,
+        address=s.triton_address,
+        ssl=ssl,
+        root_certificates=s.triton_ssl_root_certificates,
+        private_key=s.triton_ssl_private_key,
+        certificate_chain=s.triton_ssl_certificate_chain,
+        timeout_s=s.triton_timeout_s,
+    )
+
+
+def wait_for_model_spec(endpoint: TritonEndpoint, s: Settings, stop: threading.Event) -> ModelSpec:
+    """Read the model's metadata, waiting (with backoff) while Triton is not up yet."""
+    delay = 0.5
+    deadline = time.monotonic() + max(60.0, s.triton_timeout_s)
+    while True:
+        try:
+            return read_model_spec(endpoint, s.model, s.model_version, s.output)
+        except InferenceUnavailableError as exc:
+            if time.monotonic() > deadline or stop.is_set():
+                raise EngineFatalError(f"Triton at {s.triton_url} is not ready: {exc}") from exc
+            log.warning("waiting for Triton", url=s.triton_url, error=str(exc))
+            stop.wait(delay)
+            delay = min(5.0, delay * 2)
+        except Exception as exc:
+            if type(exc).__name__ == "ModelMismatchError":
+                raise EngineFatalError(str(exc)) from exc
+            raise
+
+
+def collection_contract(spec: ModelSpec) -> CollectionContract:
+    return CollectionContract(
+        model=spec.name,
+        model_version=spec.version,
+        output=spec.output,
+        preprocessing=contract.preprocessing_id(),
+        dim=spec.dim,
+    )
+
+
+def make_preprocessor(s: Settings) -> Any:
+    """Build and warm the JAX preprocessor (main thread; the only JAX entry point)."""
+    from consumer.preprocess.jaxprep import Preprocessor
+
+    buckets = sorted({1, min(8, s.batch_size), s.batch_size})
+    pre = Preprocessor(canvas_px=s.canvas_px, buckets=buckets, cache_dir=s.compilation_cache_dir)
+    pre.warm_up()
+    return pre
+
+
+def fetch_policy(s: Settings) -> FetchPolicy:
+    return FetchPolicy(
+        file_roots=tuple(Path(p) for p in s.file_roots),
+        allowed_schemes=frozenset(s.allowed_schemes),
+        allow_private_networks=s.allow_private_networks,
+        allowed_networks=tuple(s.allowed_networks),
+        allowed_hosts=tuple(s.allowed_hosts),
+        follow_redirects=s.follow_redirects,
+        max_bytes=s.max_download_bytes,
+        max_pixels=s.max_pixels,
+        connect_timeout_s=s.fetch_connect_timeout_s,
+        read_timeout_s=s.fetch_read_timeout_s,
+        total_timeout_s=s.fetch_total_timeout_s,
+        retries=s.fetch_retries,
+    )
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat()

@@ -1,0 +1,213 @@
+"""Triton client per worker thread, metadata validation and classified errors.
+
+A ``tritonclient.http`` client (geventhttpclient) made on one thread raises greenlet's
+"Cannot switch to a different thread" when used on another, so every worker thread builds and keeps
+its own client in a ``threading.local``; gRPC is the default protocol.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from consumer.inference.exceptions import (
+    InferenceRejectedError,
+    InferenceUnavailableError,
+    ModelMismatchError,
+)
+from schemas import preprocessing as contract
+
+_REJECT_STATUSES = {"StatusCode.INVALID_ARGUMENT", "400", "StatusCode.OUT_OF_RANGE"}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What the consumer learned from Triton's metadata about the model it calls."""
+
+    name: str
+    version: str
+    input_name: str
+    input_datatype: str
+    output: str
+    dim: int
+    max_batch_size: int
+    platform: str
+
+
+@dataclass(frozen=True)
+class TritonEndpoint:
+    """Where and how to reach Triton."""
+
+    protocol: Literal["grpc", "http"]
+    address: str  # host:port
+    ssl: bool = False
+    root_certificates: str | None = None
+    private_key: str | None = None
+    certificate_chain: str | None = None
+    timeout_s: float = 30.0
+
+
+def _new_client(endpoint: TritonEndpoint) -> Any:
+    if endpoint.protocol == "grpc":
+        import tritonclient.grpc as grpcclient
+
+        return grpcclient.InferenceServerClient(
+            endpoint.address,
+            ssl=endpoint.ssl,
+            root_certificates=endpoint.root_certificates,
+            private_key=endpoint.private_key,
+            certificate_chain=endpoint.certificate_chain,
+        )
+    import tritonclient.http as httpclient
+
+    return httpclient.InferenceServerClient(
+        endpoint.address,
+        ssl=endpoint.ssl,
+        connection_timeout=endpoint.timeout_s,
+        network_timeout=endpoint.timeout_s,
+    )
+
+
+def _classify(exc: Exception) -> Exception:
+    """Map a client exception to retry (unavailable) or dead-letter (rejected)."""
+    status = None
+    status_fn = getattr(exc, "status", None)
+    if callable(status_fn):
+        try:
+            status = status_fn()
+        except Exception:  # pragma: no cover - defensive: exotic exception objects
+            status = None
+    if status is not None and str(status) in _REJECT_STATUSES:
+        return InferenceRejectedError(str(exc))
+    return InferenceUnavailableError(f"{type(exc).__name__}: {exc}")
+
+
+class TritonInference:
+    """Calls one model's output; each thread that calls ``infer`` gets its own client."""
+
+    def __init__(self, endpoint: TritonEndpoint, spec: ModelSpec) -> None:
+        self.endpoint = endpoint
+        self.spec = spec
+        self._local = threading.local()
+        self._clients: list[Any] = []
+        self._lock = threading.Lock()
+
+    def _client(self) -> Any:
+        client = getattr(self._local, "client", None)
+        if client is None:
+            client = _new_client(self.endpoint)
+            self._local.client = client
+            with self._lock:
+                self._clients.append(client)
+        return client
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        """Run ``[n, 224, 224, 3]`` float32 through the model; returns ``[n, dim]`` float32."""
+        client = self._client()
+        if self.endpoint.protocol == "grpc":
+            import tritonclient.grpc as tc
+        else:
+            import tritonclient.http as tc  # type: ignore[no-redef]
+        data = np.ascontiguousarray(batch, dtype=np.float32)
+        inp = tc.InferInput(self.spec.input_name, list(data.shape), self.spec.input_datatype)
+        if self.endpoint.protocol == "grpc":
+            inp.set_data_from_numpy(data)
+            out = tc.InferRequestedOutput(self.spec.output)
+            kwargs: dict[str, Any] = {"client_timeout": self.endpoint.timeout_s}
+        else:
+            inp.set_data_from_numpy(data, binary_data=True)
+            out = tc.InferRequestedOutput(self.spec.output, binary_data=True)
+            kwargs = {}
+        try:
+            result = client.infer(
+                self.spec.name,
+                inputs=[inp],
+                outputs=[out],
+                model_version=self.spec.version,
+                **kwargs,
+            )
+        except Exception as exc:
+            raise _classify(exc) from exc
+        vectors = result.as_numpy(self.spec.output)
+        if vectors is None or vectors.shape[0] != data.shape[0]:
+            raise InferenceRejectedError(
+                f"model returned {None if vectors is None else vectors.shape} for {data.shape[0]}"
+            )
+        return vectors.reshape(data.shape[0], -1).astype(np.float32, copy=False)
+
+    def is_ready(self) -> bool:
+        """Whether Triton reports the model ready (used by /readyz)."""
+        try:
+            return bool(self._client().is_model_ready(self.spec.name, self.spec.version))
+        except Exception:
+            return False
+
+    def close(self) -> None:
+        with self._lock:
+            clients, self._clients = self._clients, []
+        for client in clients:
+            with contextlib.suppress(Exception):  # closing is best effort
+                client.close()
+
+
+def read_model_spec(endpoint: TritonEndpoint, model: str, version: str, output: str) -> ModelSpec:
+    """Read and validate the model's metadata: image input of the contract's shape, 2-D output."""
+    client = _new_client(endpoint)
+    try:
+        try:
+            if not client.is_model_ready(model, version):
+                raise InferenceUnavailableError(f"Triton model {model!r} is not ready")
+            meta = client.get_model_metadata(model, version)
+            config = client.get_model_config(model, version)
+        except InferenceUnavailableError:
+            raise
+        except Exception as exc:
+            err = _classify(exc)
+            if isinstance(err, InferenceRejectedError):
+                raise ModelMismatchError(f"Triton has no model {model!r} ({exc})") from exc
+            raise err from exc
+    finally:
+        with contextlib.suppress(Exception):
+            client.close()
+    if endpoint.protocol == "grpc":
+        from google.protobuf.json_format import MessageToDict
+
+        meta = MessageToDict(meta, preserving_proto_field_name=True)
+        config = MessageToDict(config, preserving_proto_field_name=True).get("config", {})
+    inputs = meta.get("inputs", [])
+    if len(inputs) != 1:
+        raise ModelMismatchError(f"model {model!r} must take exactly one input, has {len(inputs)}")
+    tensor = inputs[0]
+    shape = [int(d) for d in tensor.get("shape", [])]
+    want = [-1, contract.CROP_PX, contract.CROP_PX, 3]
+    if shape != want or tensor.get("datatype") != "FP32":
+        raise ModelMismatchError(
+            f"model {model!r} input {tensor.get('name')!r} is {tensor.get('datatype')} {shape}; "
+            f"the consumer sends FP32 {want} ({contract.preprocessing_id()})"
+        )
+    outputs = {o["name"]: o for o in meta.get("outputs", [])}
+    if output not in outputs:
+        raise ModelMismatchError(
+            f"model {model!r} has no output {output!r}; it has {sorted(outputs)}"
+        )
+    out_shape = [int(d) for d in outputs[output].get("shape", [])]
+    if len(out_shape) != 2 or out_shape[1] <= 0 or outputs[output].get("datatype") != "FP32":
+        raise ModelMismatchError(
+            f"output {output!r} must be FP32 [-1, D], is {outputs[output].get('datatype')} "
+            f"{out_shape}"
+        )
+    versions = meta.get("versions") or [version or "1"]
+    return ModelSpec(
+        name=model,
+        version=version or str(max(versions, key=lambda v: int(v) if v.isdigit() else 0)),
+        input_name=tensor["name"],
+        input_datatype="FP32",
+        output=output,
+        dim=out_shape[1],
+        max_batch_size=int(config.get("max_batch_size", 0) or 0),
+        platform=str(meta.get("platform", "")),
+    )

@@ -1,0 +1,34 @@
+"""Prometheus metrics, the ``/livez`` ``/readyz`` ``/metrics`` server and the structlog set-up."""
+
+from __future__ import annotations
+
+from consumer.observability.health import HealthServer, ReadinessCheck
+from consumer.observability.logging import (
+    bind_message_context,
+    clear_message_context,
+    configure_logging,
+    get_logger,
+    message_context,
+    redact_secrets,
+)
+from consumer.observability.metrics import (
+    Metrics,
+    Outcome,
+    RetryOperation,
+    Stage,
+)
+
+__all__ = [
+    "HealthServer",
+    "Metrics",
+    "Outcome",
+    "ReadinessCheck",
+    "RetryOperation",
+    "Stage",
+    "bind_message_context",
+    "clear_message_context",
+    "configure_logging",
+    "get_logger",
+    "message_context",
+    "redact_secrets",
+]

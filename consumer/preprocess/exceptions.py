@@ -1,0 +1,5 @@
+"""Errors of the preprocessing stage."""
+
+
+class PreprocessThreadError(RuntimeError):
+    """JAX preprocessing was called off the main thread: a bug, never retried."""

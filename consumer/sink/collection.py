@@ -1,0 +1,157 @@
+"""The Milvus collection: schema, the recorded model contract, compatibility checks, aliases."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from consumer.sink.exceptions import CollectionMismatchError, SinkUnavailableError
+
+ID_MAX_LENGTH = 512
+URI_MAX_LENGTH = 4096
+_PROP = "image_embedder."
+
+
+@dataclass(frozen=True)
+class CollectionContract:
+    """What a collection's vectors mean: recorded at creation, checked by run, search and check."""
+
+    model: str
+    model_version: str
+    output: str
+    preprocessing: str
+    dim: int
+
+    def properties(self) -> dict[str, str]:
+        return {
+            f"{_PROP}model": self.model,
+            f"{_PROP}model_version": self.model_version,
+            f"{_PROP}output": self.output,
+            f"{_PROP}preprocessing": self.preprocessing,
+            f"{_PROP}dim": str(self.dim),
+        }
+
+
+def connect(
+    uri: str,
+    token: str | None = None,
+    db_name: str | None = None,
+    timeout_s: float = 30.0,
+    server_pem_path: str | None = None,
+) -> Any:
+    """A pymilvus ``MilvusClient`` for a server URI or a local Milvus Lite path."""
+    from pymilvus import MilvusClient
+
+    kwargs: dict[str, Any] = {"uri": uri, "timeout": timeout_s}
+    if token:
+        kwargs["token"] = token
+    if db_name:
+        kwargs["db_name"] = db_name
+    if server_pem_path:
+        kwargs["server_pem_path"] = server_pem_path
+    try:
+        return MilvusClient(**kwargs)
+    except Exception as exc:  # pymilvus raises MilvusException on connect failures
+        raise SinkUnavailableError(
+            f"cannot connect to Milvus: {type(exc).__name__}: {exc}"
+        ) from exc
+
+
+class MilvusCollection:
+    """One collection of embeddings keyed by message id."""
+
+    def __init__(self, client: Any, name: str) -> None:
+        self.client = client
+        self.name = name
+
+    def ensure(self, contract: CollectionContract) -> bool:
+        """Create the collection when missing; check the contract of an existing one.
+
+        Returns True when it was created. Raises ``CollectionMismatchError`` on any difference.
+        """
+        if self.client.has_collection(self.name):
+            self.check(contract)
+            self.client.load_collection(self.name)
+            return False
+        from pymilvus import DataType, MilvusClient
+
+        schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+        schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=ID_MAX_LENGTH)
+        schema.add_field("embedding", DataType.FLOAT_VECTOR, dim=contract.dim)
+        schema.add_field("uri", DataType.VARCHAR, max_length=URI_MAX_LENGTH)
+        schema.add_field("metadata", DataType.JSON, nullable=True)
+        schema.add_field("model", DataType.VARCHAR, max_length=256)
+        schema.add_field("ingested_at", DataType.INT64)
+        schema.add_field("kafka_ts", DataType.INT64)
+        schema.add_field("kafka_partition", DataType.INT64)
+        schema.add_field("kafka_offset", DataType.INT64)
+        index = self.client.prepare_index_params()
+        index.add_index(field_name="embedding", index_type="AUTOINDEX", metric_type="COSINE")
+        self.client.create_collection(
+            self.name, schema=schema, index_params=index, consistency_level="Strong"
+        )
+        self.client.alter_collection_properties(self.name, properties=contract.properties())
+        self.client.load_collection(self.name)
+        return True
+
+    def recorded(self) -> dict[str, str]:
+        """The contract properties stored with the collection."""
+        desc = self.client.describe_collection(self.name)
+        props = desc.get("properties") or {}
+        found = {k[len(_PROP) :]: str(v) for k, v in props.items() if k.startswith(_PROP)}
+        for field in desc.get("fields", []):
+            if field.get("name") == "embedding":
+                found.setdefault("dim", str(field.get("params", {}).get("dim")))
+        return found
+
+    def check(self, contract: CollectionContract) -> None:
+        """Raise ``CollectionMismatchError`` naming every difference from ``contract``."""
+        if not self.client.has_collection(self.name):
+            raise CollectionMismatchError(f"collection {self.name!r} does not exist")
+        recorded = self.recorded()
+        wanted = {k[len(_PROP) :]: v for k, v in contract.properties().items()}
+        problems = [
+            f"{key}: collection has {recorded.get(key)!r}, consumer uses {value!r}"
+            for key, value in wanted.items()
+            if recorded.get(key) != value
+        ]
+        if problems:
+            raise CollectionMismatchError(
+                f"collection {self.name!r} was built for another model or preprocessing; write "
+                "to a new collection (and promote an alias) instead: " + "; ".join(problems)
+            )
+
+    def count(self) -> int:
+        rows = self.client.query(self.name, filter="", output_fields=["count(*)"])
+        return int(rows[0]["count(*)"])
+
+    def search(self, vector: list[float], top_k: int) -> list[dict[str, Any]]:
+        hits = self.client.search(
+            self.name,
+            data=[vector],
+            limit=top_k,
+            output_fields=["uri", "metadata"],
+            search_params={"metric_type": "COSINE"},
+        )
+        return [
+            {
+                "id": h["id"],
+                "uri": h["entity"].get("uri"),
+                "score": float(h["distance"]),
+                "metadata": h["entity"].get("metadata"),
+            }
+            for h in hits[0]
+        ]
+
+    def promote(self, alias: str) -> str | None:
+        """Point ``alias`` at this collection; returns the collection it pointed at before."""
+        previous = None
+        try:
+            previous = self.client.describe_alias(alias).get("collection_name")
+        except Exception:
+            previous = None
+        if previous is None:
+            self.client.create_alias(self.name, alias)
+        elif previous != self.name:
+            self.client.alter_alias(self.name, alias)
+        return previous

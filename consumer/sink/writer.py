@@ -1,0 +1,232 @@
+"""The asynchronous Milvus writer: one thread, rows grouped across micro-batches by size and age.
+
+Guarantees:
+- An operation is reported back (``on_results``) only after Milvus acknowledged it, or after it was
+  skipped for a reason that makes skipping correct (superseded by a later message of the same id
+  in this process, or older than the row already stored: the stale-write guard).
+- Within one group each id is written once, with its latest operation.
+- Failures are retried with exponential backoff and jitter until they pass or the writer is aborted;
+  nothing is reported for operations that were not written, so their offsets are never committed.
+- ``flush()`` is never called per group (it seals tiny segments): only every ``flush_interval_s``
+  when set, and at close.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+log = logging.getLogger(__name__)
+
+Outcome = Literal["written", "deleted", "skipped_stale", "superseded"]
+
+
+@dataclass(frozen=True, slots=True)
+class WriteOp:
+    """One row to upsert (``row`` set) or one id to delete (``row`` None)."""
+
+    token: Any
+    id: str
+    kafka_ts: int
+    row: dict[str, Any] | None
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    token: Any
+    outcome: Outcome
+
+
+class MilvusWriter:
+    """Owns the writes to one collection on a background thread."""
+
+    def __init__(
+        self,
+        client: Any,
+        collection: str,
+        *,
+        on_results: Callable[[list[WriteResult]], None],
+        is_latest: Callable[[WriteOp], bool] = lambda op: True,
+        batch_rows: int = 256,
+        max_age_s: float = 0.2,
+        flush_interval_s: float | None = None,
+        on_retry: Callable[[Exception, float], None] | None = None,
+        on_write_seconds: Callable[[float], None] | None = None,
+        max_backoff_s: float = 5.0,
+    ) -> None:
+        self._client = client
+        self._collection = collection
+        self._on_results = on_results
+        self._is_latest = is_latest
+        self._batch_rows = batch_rows
+        self._max_age_s = max_age_s
+        self._flush_interval_s = flush_interval_s
+        self._on_retry = on_retry
+        self._on_write_seconds = on_write_seconds
+        self._max_backoff_s = max_backoff_s
+        self._queue: queue.Queue[WriteOp | None] = queue.Queue()
+        self._abort = threading.Event()
+        self._closing = threading.Event()
+        self._healthy = threading.Event()
+        self._healthy.set()
+        self._last_flush = time.monotonic()
+        self._thread = threading.Thread(target=self._run, name="milvus-writer", daemon=True)
+
+    # --- public API (any thread) -----------------------------------------------------------
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, ops: list[WriteOp]) -> None:
+        for op in ops:
+            self._queue.put(op)
+
+    @property
+    def healthy(self) -> bool:
+        """False while the last attempt failed and retries are under way."""
+        return self._healthy.is_set()
+
+    @property
+    def backlog(self) -> int:
+        return self._queue.qsize()
+
+    def close(self, timeout_s: float = 30.0) -> bool:
+        """Write what is queued, flush once, stop. Returns False if it did not finish in time."""
+        self._closing.set()
+        self._queue.put(None)
+        self._thread.join(timeout_s)
+        if self._thread.is_alive():
+            self._abort.set()
+            self._thread.join(5.0)
+            return False
+        return True
+
+    def abort(self) -> None:
+        """Stop at once; operations not yet acknowledged are never reported."""
+        self._abort.set()
+        self._queue.put(None)
+
+    # --- the thread -----------------------------------------------------------------------
+    def _run(self) -> None:
+        pending: list[WriteOp] = []
+        oldest = 0.0
+        done = False
+        while not done and not self._abort.is_set():
+            timeout = None
+            if pending:
+                timeout = max(0.0, oldest + self._max_age_s - time.monotonic())
+            elif self._flush_interval_s:
+                timeout = self._flush_interval_s
+            try:
+                item = self._queue.get(timeout=timeout)
+                if item is None:
+                    done = self._closing.is_set() or self._abort.is_set()
+                    if not done:
+                        continue
+                else:
+                    if not pending:
+                        oldest = time.monotonic()
+                    pending.append(item)
+                    # take whatever else is already queued, up to the group size
+                    while len(pending) < self._batch_rows:
+                        try:
+                            nxt = self._queue.get_nowait()
+                        except queue.Empty:
+                            break
+                        if nxt is None:
+                            done = self._closing.is_set() or self._abort.is_set()
+                            break
+                        pending.append(nxt)
+            except queue.Empty:
+                pass
+            due = pending and (
+                len(pending) >= self._batch_rows
+                or time.monotonic() - oldest >= self._max_age_s
+                or done
+            )
+            if due:
+                group, pending = pending[: self._batch_rows], pending[self._batch_rows :]
+                oldest = time.monotonic()
+                self._write_with_retry(group)
+            if done and pending and not self._abort.is_set():
+                while pending and not self._abort.is_set():
+                    group, pending = pending[: self._batch_rows], pending[self._batch_rows :]
+                    self._write_with_retry(group)
+            self._maybe_flush()
+        if not self._abort.is_set():
+            self._flush()
+
+    def _maybe_flush(self) -> None:
+        if self._flush_interval_s and time.monotonic() - self._last_flush >= self._flush_interval_s:
+            self._flush()
+
+    def _flush(self) -> None:
+        try:
+            self._client.flush(self._collection)
+        except Exception as exc:  # a flush failure loses nothing: upserts were acknowledged
+            log.warning("milvus flush failed: %s", exc)
+        self._last_flush = time.monotonic()
+
+    def _write_with_retry(self, group: list[WriteOp]) -> None:
+        attempt = 0
+        while not self._abort.is_set():
+            try:
+                started = time.perf_counter()
+                results = self._write(group)
+                if self._on_write_seconds:
+                    self._on_write_seconds(time.perf_counter() - started)
+                self._healthy.set()
+                self._on_results(results)
+                return
+            except Exception as exc:
+                self._healthy.clear()
+                attempt += 1
+                delay = min(self._max_backoff_s, 0.1 * 2 ** min(attempt, 10))
+                delay = random.uniform(delay / 2, delay)
+                log.warning(
+                    "milvus write failed (attempt %d), retrying in %.2fs: %s", attempt, delay, exc
+                )
+                if self._on_retry:
+                    self._on_retry(exc, delay)
+                self._abort.wait(delay)
+
+    def _write(self, group: list[WriteOp]) -> list[WriteResult]:
+        results: list[WriteResult] = []
+        latest: dict[str, WriteOp] = {}
+        for op in group:
+            if not self._is_latest(op):
+                results.append(WriteResult(op.token, "superseded"))
+                continue
+            earlier = latest.get(op.id)
+            if earlier is not None:
+                results.append(WriteResult(earlier.token, "superseded"))
+            latest[op.id] = op
+        if not latest:
+            return results
+        stored = self._stored_timestamps(list(latest))
+        upserts: list[WriteOp] = []
+        deletes: list[WriteOp] = []
+        for op in latest.values():
+            ts = stored.get(op.id)
+            if ts is not None and op.kafka_ts < ts:
+                results.append(WriteResult(op.token, "skipped_stale"))
+            elif op.row is None:
+                deletes.append(op)
+            else:
+                upserts.append(op)
+        if upserts:
+            self._client.upsert(self._collection, [op.row for op in upserts])
+        if deletes:
+            self._client.delete(self._collection, ids=[op.id for op in deletes])
+        results.extend(WriteResult(op.token, "written") for op in upserts)
+        results.extend(WriteResult(op.token, "deleted") for op in deletes)
+        return results
+
+    def _stored_timestamps(self, ids: list[str]) -> dict[str, int]:
+        rows = self._client.get(self._collection, ids=ids, output_fields=["id", "kafka_ts"])
+        return {str(r["id"]): int(r["kafka_ts"]) for r in rows}

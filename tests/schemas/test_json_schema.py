@@ -1,0 +1,193 @@
+"""The JSON Schema for other languages' producers agrees with the Python validator."""
+
+from __future__ import annotations
+
+import string
+from typing import Any
+
+import jsonschema
+import orjson
+import pytest
+from hypothesis import HealthCheck, find, given, settings
+from hypothesis import strategies as st
+from image_v1_corpus import CASES, as_bytes
+
+from schemas import InvalidMessage, decode_message
+from schemas import message as m
+
+VALIDATOR = jsonschema.Draft202012Validator(m.json_schema())
+
+
+def schema_accepts(raw: bytes) -> bool:
+    """The JSON Schema's verdict on a record value (a value that is not JSON is refused)."""
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return False
+    return VALIDATOR.is_valid(doc)
+
+
+def python_accepts(raw: bytes) -> bool:
+    try:
+        decode_message(None, raw)
+    except InvalidMessage:
+        return False
+    return True
+
+
+def beyond_byte_cap(raw: bytes) -> bool:
+    """The one rule the JSON Schema cannot express: encoded metadata size."""
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return False
+    meta = doc.get("metadata") if isinstance(doc, dict) else None
+    return isinstance(meta, dict) and len(orjson.dumps(meta)) > m.METADATA_MAX_BYTES
+
+
+def test_schema_is_valid_draft_2020_12() -> None:
+    jsonschema.Draft202012Validator.check_schema(m.json_schema())
+    assert m.json_schema()["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+
+
+def test_schema_file_matches_code_constants() -> None:
+    """The file is hand-kept; this pins its patterns and limits to the validator's."""
+    schema = m.json_schema()
+    props = schema["properties"]
+    patterns = m.json_schema_patterns()
+    assert props["id"]["pattern"] == patterns["id"]
+    assert props["uri"]["pattern"] == patterns["uri"]
+    assert props["uri"]["maxLength"] == m.MAX_URI_LENGTH
+    meta = props["metadata"]
+    assert meta["propertyNames"]["pattern"] == patterns["metadata_key"]
+    assert meta["maxProperties"] == m.METADATA_MAX_KEYS
+    value = meta["additionalProperties"]
+    assert value["maxLength"] == m.METADATA_MAX_STRING_LENGTH
+    assert (value["minimum"], value["maximum"]) == (m.METADATA_MIN_NUMBER, m.METADATA_MAX_NUMBER)
+    assert str(m.METADATA_MAX_BYTES) in meta["description"]
+    assert set(props) == {"schema", "op", "id", "uri", "metadata"}
+    assert schema["additionalProperties"] is False
+
+
+@pytest.mark.parametrize(("name", "value", "expected"), CASES, ids=[c[0] for c in CASES])
+def test_corpus_agreement(name: str, value: Any, expected: object) -> None:
+    raw = as_bytes(value)
+    assert python_accepts(raw) is (expected is None)
+    assert schema_accepts(raw) is (expected is None)
+
+
+def test_byte_cap_is_the_only_documented_difference() -> None:
+    meta = {f"k{i}": "é" * 100 for i in range(45)}
+    raw = orjson.dumps({"uri": "https://e.com/a", "metadata": meta})
+    assert schema_accepts(raw)
+    assert not python_accepts(raw)
+
+
+# ---- generated documents: valid-looking parts mixed with broken ones -----------------------
+
+_printable = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=12)
+_ascii = st.text(alphabet=string.printable, max_size=16)
+
+
+@st.composite
+def uris(draw: st.DrawFn) -> str:
+    scheme = draw(
+        st.sampled_from(
+            ["http", "https", "HtTpS", "file", "s3", "S3", "ftp", "gs", "data", "", "h"]
+        )
+    )
+    sep = draw(st.sampled_from(["://", ":", ":///", "//", "://localhost/"]))
+    userinfo = draw(st.sampled_from(["", "u@", "u:p@", "a@b@", "%41@"]))
+    host = draw(
+        st.one_of(
+            st.sampled_from(
+                ["example.com", "EXAMPLE.com", "[::1]", "[zz]", "my-bucket", "ab", "a b", ""]
+            ),
+            st.text(alphabet=string.ascii_letters + string.digits + ".-_~%[]:", max_size=10),
+        )
+    )
+    port = draw(st.one_of(st.just(""), st.integers(0, 99999).map(lambda p: f":{p}"), st.just(":")))
+    path = draw(
+        st.lists(
+            st.one_of(
+                st.text(alphabet=string.ascii_letters + "-._~!$&'()*+,;=:@", max_size=6),
+                st.sampled_from(["%41", "%zz", "%2", "..", ".", "é", " ", "\n", "<", "?", "#"]),
+            ),
+            max_size=4,
+        ).map("/".join)
+    )
+    tail = draw(st.sampled_from(["", "?a=1&b=2", "?", "#f", "?x#y", "\n"]))
+    return f"{scheme}{sep}{userinfo}{host}{port}/{path}{tail}"
+
+
+_ids = st.one_of(
+    st.from_regex(r"[A-Za-z0-9._:/@+=~-]{1,20}", fullmatch=True),
+    st.sampled_from(["", "a" * 512, "a" * 513, "a\n", "é", "a b"]),
+    _ascii,
+    st.integers(),
+)
+_meta_values = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**64), 2**64 - 1),
+    st.floats(allow_nan=False, allow_infinity=False),
+    _printable,
+    st.text(alphabet=st.characters(exclude_categories=["Cs"]), min_size=1020, max_size=1030),
+    st.lists(st.integers(), max_size=2),
+    st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+)
+_meta_keys = st.one_of(
+    st.from_regex(r"[A-Za-z0-9_.-]{1,64}", fullmatch=True),
+    _ascii,
+    st.sampled_from(["k" * 65, "k\n"]),
+)
+_metadata = st.one_of(
+    st.dictionaries(_meta_keys, _meta_values, max_size=8),
+    st.dictionaries(
+        st.from_regex(r"k[0-9]{1,3}", fullmatch=True), st.integers(0, 9), min_size=60, max_size=70
+    ),
+    st.lists(st.integers(), max_size=2),
+    _ascii,
+    st.none(),
+)
+_field_values: dict[str, st.SearchStrategy[Any]] = {
+    "schema": st.sampled_from(["image.v1", "image.v2", None, 1, ""]),
+    "op": st.sampled_from(["upsert", "delete", None, "UPSERT", "remove", 0, True]),
+    "id": _ids,
+    "uri": st.one_of(uris(), st.none(), st.integers()),
+    "metadata": _metadata,
+    "extra": st.integers(),
+}
+
+
+@st.composite
+def documents(draw: st.DrawFn) -> Any:
+    if draw(st.integers(0, 20)) == 0:
+        return draw(
+            st.one_of(st.lists(st.integers(), max_size=2), _ascii, st.none(), st.integers())
+        )
+    fields = draw(st.sets(st.sampled_from(sorted(_field_values)), max_size=6))
+    if draw(st.booleans()):
+        fields.add("uri")
+    return {name: draw(_field_values[name]) for name in fields}
+
+
+@settings(max_examples=1500, suppress_health_check=[HealthCheck.too_slow])
+@given(documents())
+def test_generated_agreement(doc: Any) -> None:
+    try:
+        raw = orjson.dumps(doc)
+    except (orjson.JSONEncodeError, TypeError):
+        return  # e.g. integers beyond 64 bits: not representable as a record at all
+    expected = schema_accepts(raw) and not beyond_byte_cap(raw)
+    assert python_accepts(raw) is expected, raw
+
+
+def test_generator_reaches_both_verdicts() -> None:
+    """The generated agreement test is only meaningful if it sees valid and invalid documents."""
+    for want in (True, False):
+        find(
+            documents(),
+            lambda doc, want=want: python_accepts(orjson.dumps(doc)) is want,
+            settings=settings(max_examples=2000, database=None),
+        )

@@ -1,0 +1,1 @@
+"""Small generic helpers for tests against the real servers (``from support import kafka``)."""
