@@ -246,6 +246,9 @@ def serve(options: ServerOptions) -> int:
     except FatalWeightsError as exc:
         LOG.error("cannot load the model: %s", exc)
         return 2
+    except Exception:
+        LOG.exception("the model server failed")
+        return 1
     finally:
         starting = False
         if triton is not None:

@@ -267,9 +267,10 @@ def load_legacy_state_dict(source: str | os.PathLike[str] | IO[bytes]) -> dict[s
         with open(source, "rb") as file:
             return load_legacy_state_dict(file)
     file = source
-    if file.read(4) == _ZIP_SIGNATURE:
+    head = file.read(len(_ZIP_SIGNATURE))
+    if head == _ZIP_SIGNATURE:
         raise FatalWeightsError("zip-format torch checkpoints are not supported, only legacy ones")
-    file.seek(-4, io.SEEK_CUR)
+    file.seek(-len(head), io.SEEK_CUR)
     if _load_pickle(file) != _MAGIC_NUMBER:
         raise FatalWeightsError("not a legacy torch checkpoint (bad magic number)")
     if _load_pickle(file) != _PROTOCOL_VERSION:

@@ -84,9 +84,16 @@ class FileReader:
         dir_fd = os.open(root, os.O_RDONLY | _DIRECTORY | _CLOEXEC)
         try:
             for part in parts[:-1]:
-                next_fd = os.open(
-                    part, os.O_RDONLY | _DIRECTORY | _NOFOLLOW | _CLOEXEC, dir_fd=dir_fd
-                )
+                try:
+                    next_fd = os.open(
+                        part, os.O_RDONLY | _DIRECTORY | _NOFOLLOW | _CLOEXEC, dir_fd=dir_fd
+                    )
+                except NotADirectoryError:
+                    if stat.S_ISLNK(os.stat(part, dir_fd=dir_fd, follow_symlinks=False).st_mode):
+                        raise ForbiddenPath(
+                            f"{shown} changed into a symlink while being opened"
+                        ) from None
+                    raise
                 os.close(dir_fd)
                 dir_fd = next_fd
             name = parts[-1]

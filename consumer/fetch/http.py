@@ -168,6 +168,8 @@ class HttpDownloader:
             except httpx.TimeoutException as exc:
                 raise _Transient(FetchTimeout(f"{_describe(exc)} for {shown}")) from None
             except httpx.TransportError as exc:
+                if _caused_by(exc, ssl.SSLCertVerificationError):
+                    raise FetchFailed(f"TLS certificate verification failed for {shown}") from None
                 raise _Transient(FetchFailed(f"{_describe(exc)} for {shown}")) from None
         raise RedirectRefused(
             f"more than {policy.max_redirects} redirects from {redact_uri(str(url))}"
@@ -275,6 +277,18 @@ def _describe(exc: httpx.HTTPError) -> str:
             detail = str(exc).split("\n", 1)[0][:120]
             return f"{text} ({detail})" if detail and "://" not in detail else text
     return type(exc).__name__
+
+
+def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
+    """Whether ``kind`` is anywhere in ``exc``'s chain of causes."""
+    seen: BaseException | None = exc
+    for _ in range(10):
+        if seen is None:
+            return False
+        if isinstance(seen, kind):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def _retry_after_s(resp: httpx.Response) -> float | None:

@@ -160,8 +160,55 @@ _field_values: dict[str, st.SearchStrategy[Any]] = {
 }
 
 
+_good_uris = st.one_of(
+    st.from_regex(
+        r"https?://[a-z0-9.-]{1,12}(:[0-9]{1,5})?(/[A-Za-z0-9._~%-]{0,8}){0,3}", fullmatch=True
+    ),
+    st.from_regex(r"file:///[A-Za-z0-9._~-]{1,8}(/[A-Za-z0-9._~%-]{1,8}){0,3}", fullmatch=True),
+    st.from_regex(r"s3://[a-z0-9][a-z0-9.-]{1,8}[a-z0-9]/[A-Za-z0-9._~/%-]{1,12}", fullmatch=True),
+)
+_good_metadata = st.dictionaries(
+    st.from_regex(r"[A-Za-z0-9_.-]{1,64}", fullmatch=True),
+    st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(-(2**63), 2**63 - 1),
+        st.floats(-1e18, 1e18),
+        _printable,
+    ),
+    max_size=6,
+)
+
+
+@st.composite
+def near_valid(draw: st.DrawFn) -> dict[str, Any]:
+    """A valid document, then perhaps one field replaced by an arbitrary value."""
+    if draw(st.booleans()):
+        doc: dict[str, Any] = {
+            "op": "delete",
+            "id": draw(_ids.filter(lambda v: isinstance(v, str))),
+        }
+    else:
+        doc = {"uri": draw(_good_uris)}
+        if draw(st.booleans()):
+            doc["metadata"] = draw(_good_metadata)
+    for name in draw(st.sets(st.sampled_from(["schema", "op", "id"]), max_size=2)):
+        doc.setdefault(
+            name,
+            draw(
+                st.sampled_from({"schema": ["image.v1", None], "op": [None], "id": ["x-1"]}[name])
+            ),
+        )
+    if draw(st.booleans()):
+        name = draw(st.sampled_from(sorted(_field_values)))
+        doc[name] = draw(_field_values[name])
+    return doc
+
+
 @st.composite
 def documents(draw: st.DrawFn) -> Any:
+    if draw(st.booleans()):
+        return draw(near_valid())
     if draw(st.integers(0, 20)) == 0:
         return draw(
             st.one_of(st.lists(st.integers(), max_size=2), _ascii, st.none(), st.integers())
@@ -185,9 +232,16 @@ def test_generated_agreement(doc: Any) -> None:
 
 def test_generator_reaches_both_verdicts() -> None:
     """The generated agreement test is only meaningful if it sees valid and invalid documents."""
+
+    def verdict(doc: Any) -> bool | None:
+        try:
+            return python_accepts(orjson.dumps(doc))
+        except (orjson.JSONEncodeError, TypeError):
+            return None
+
     for want in (True, False):
         find(
             documents(),
-            lambda doc, want=want: python_accepts(orjson.dumps(doc)) is want,
-            settings=settings(max_examples=2000, database=None),
+            lambda doc, want=want: verdict(doc) is want,
+            settings=settings(max_examples=5000, database=None),
         )

@@ -188,7 +188,7 @@ Usage: include "image-embedder.consumerArgs" (dict "root" . "group" G "topic" T 
 */}}
 {{- define "image-embedder.consumerArgs" -}}
 {{- $root := .root }}
-{{- $v := $root.Values }}
+{{- $v := $root.Values -}}
 - run
 - --topic
 - {{ .topic | quote }}
