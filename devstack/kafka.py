@@ -229,6 +229,10 @@ class KafkaServer(ServerProcess):
             "share.coordinator.state.topic.replication.factor": "1",
             "share.coordinator.state.topic.min.isr": "1",
             "group.initial.rebalance.delay.ms": "0",
+            # After a crash, the restarted node waits for its old registration to expire:
+            # keep that short (default 9 s) without risking fencing on a busy machine.
+            "broker.session.timeout.ms": "3000",
+            "broker.heartbeat.interval.ms": "500",
             "auto.create.topics.enable": "true",
             "delete.topic.enable": "true",
         }

@@ -58,6 +58,7 @@ ENV VIRTUAL_ENV=/opt/venv \
     PYTHONDONTWRITEBYTECODE=1 \
     JAX_PLATFORMS=cpu \
     JAX_COMPILATION_CACHE_DIR=/var/cache/image-embedder/jax \
+    IMAGE_EMBEDDER_COMPILATION_CACHE_DIR=/var/cache/image-embedder/jax \
     XDG_CACHE_HOME=/tmp/cache
 
 WORKDIR /home/app

@@ -12,7 +12,7 @@ from confluent_kafka import Consumer, TopicPartition
 
 from devstack import KafkaServer, ServerError
 from devstack.kafka import KAFKA_VERSION, POM_FILE, kafka_libs_ready, random_cluster_id
-from support.kafka import committed_offsets, create_topic, end_offsets, produce_json
+from tests.support.kafka import committed_offsets, create_topic, end_offsets, produce_json
 
 StartKafka = Callable[..., KafkaServer]
 

@@ -1,1 +1,1 @@
-"""Small generic helpers for tests against the real servers (``from support import kafka``)."""
+"""Small generic helpers for tests against real servers: ``from tests.support import kafka``."""

@@ -1,4 +1,8 @@
-"""Milvus helpers for tests: count and list rows with strong consistency."""
+"""Milvus helpers for tests: count and list rows with strong consistency.
+
+Both load the collection first: Milvus Lite does not reload collections after a restart, and a
+released collection refuses queries (writes still work).
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ def count_rows(uri: str, collection: str) -> int:
     """Rows in ``collection`` as of now (Strong consistency)."""
     client = MilvusClient(uri)
     try:
+        client.load_collection(collection)
         result = client.query(
             collection, filter="", output_fields=["count(*)"], consistency_level="Strong"
         )
@@ -26,6 +31,7 @@ def rows_by_id(
     client = MilvusClient(uri)
     rows: dict[Any, dict[str, Any]] = {}
     try:
+        client.load_collection(collection)
         iterator = client.query_iterator(
             collection,
             batch_size=1000,

@@ -1,0 +1,84 @@
+"""Fixtures for consumer tests: photos on disk and a way to run the consumer as a process."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import pytest
+from PIL import Image
+
+PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "camera", "coins", "immunohistochemistry")
+
+
+def _rgb(image: np.ndarray) -> np.ndarray:
+    if image.ndim == 2:
+        image = np.stack([image] * 3, axis=-1)
+    return np.ascontiguousarray(image[..., :3])
+
+
+@pytest.fixture(scope="session")
+def photo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Real photos plus a flip and a crop of each, as JPEG files."""
+    from skimage import data
+
+    folder = tmp_path_factory.mktemp("photos")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for name in PHOTOS:
+            image = _rgb(getattr(data, name)())
+            h, w = image.shape[:2]
+            Image.fromarray(image).save(folder / f"{name}.jpg", quality=90)
+            Image.fromarray(image[:, ::-1]).save(folder / f"{name}_flip.jpg", quality=90)
+            crop = image[h // 8 : h - h // 8, w // 8 : w - w // 8]
+            Image.fromarray(crop).save(folder / f"{name}_crop.jpg", quality=90)
+    return folder
+
+
+def photo_messages(photo_dir: Path) -> list[dict[str, Any]]:
+    return [
+        {"id": p.stem, "uri": p.as_uri()} for p in sorted(photo_dir.iterdir()) if p.suffix == ".jpg"
+    ]
+
+
+@dataclass
+class ConsumerRun:
+    returncode: int
+    stdout: str
+    stderr: str
+    summary: dict[str, Any] | None
+
+
+@pytest.fixture
+def run_consumer(
+    kafka_bootstrap: str, milvus_uri: str, triton_grpc_url: str, tmp_path: Path
+) -> Callable[..., ConsumerRun]:
+    """Run ``python -m consumer run ARGS --until-end`` against the session servers."""
+
+    def run(*args: str, env: dict[str, str] | None = None, timeout_s: float = 300) -> ConsumerRun:
+        summary = tmp_path / f"summary-{len(list(tmp_path.glob('summary-*')))}.json"
+        full_env = {
+            **os.environ,
+            "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+            "MILVUS_URI": milvus_uri,
+            "TRITON_URL": triton_grpc_url,
+            "IMAGE_EMBEDDER_LOG_FORMAT": "json",
+            **(env or {}),
+        }
+        cmd = [sys.executable, "-m", "consumer", "run", "--no-metrics", "--summary-json",
+               str(summary), *args]
+        proc = subprocess.run(
+            cmd, env=full_env, capture_output=True, text=True, timeout=timeout_s, check=False
+        )
+        data = orjson.loads(summary.read_bytes()) if summary.exists() else None
+        return ConsumerRun(proc.returncode, proc.stdout, proc.stderr, data)
+
+    return run
