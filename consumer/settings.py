@@ -81,7 +81,9 @@ class Settings(BaseSettings):
     group: str | None = None
     dlq_topic: str | None = Field(default=None, description="default: <topic>.dlq")
     kafka_config: dict[str, str] = Field(
-        default_factory=dict, description="raw librdkafka settings passed through"
+        default_factory=dict,
+        repr=False,  # may hold secrets; redacted() shows it safely
+        description="raw librdkafka settings passed through",
     )
     kafka_security_protocol: str | None = None
     kafka_sasl_mechanism: str | None = None

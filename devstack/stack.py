@@ -84,7 +84,7 @@ class ServerStatus:
 
     def line(self) -> str:
         """One human-readable status line."""
-        parts = [f"{self.name:<7}", f"{self.state:<11}", self.address]
+        parts = [f"{self.name:<7}", f"{self.state:<11}", f"{self.address:<24}"]
         if self.pid is not None:
             parts.append(f"pid {self.pid}")
         if self.seconds is not None:
@@ -93,7 +93,7 @@ class ServerStatus:
             parts.append(f"log {self.log_file}")
         if self.detail:
             parts.append(self.detail)
-        return "  ".join(p for p in parts if p)
+        return "  ".join(p for p in parts if p.strip()).rstrip()
 
 
 class Stack:

@@ -11,6 +11,7 @@ import functools
 import os
 import signal
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 
 import httpx
@@ -39,7 +40,8 @@ class TritonServer(ServerProcess):
     """The reference model behind Triton: HTTP, gRPC and metrics ports on loopback.
 
     Ready when Triton reports the model ready over HTTP. Its first start compiles the model, so
-    the default timeout is long. ``cpus`` pins it with taskset at exec (benchmarks).
+    the default timeout is long. ``cpus`` pins it with taskset at exec (benchmarks);
+    ``extra_args`` are passed on to ``python -m serving``.
     """
 
     name = "triton"
@@ -57,6 +59,7 @@ class TritonServer(ServerProcess):
         *,
         python: Path = SERVING_PYTHON,
         model_name: str = MODEL_NAME,
+        extra_args: Sequence[str] = (),
         pid_file: Path | None = None,
     ) -> None:
         super().__init__(log_file, pid_file=pid_file, cpus=cpus)
@@ -65,6 +68,7 @@ class TritonServer(ServerProcess):
         self.metrics_port = metrics_port
         self.python = Path(python)
         self.model_name = model_name
+        self.extra_args = tuple(extra_args)
 
     @property
     def http_url(self) -> str:
@@ -97,6 +101,7 @@ class TritonServer(ServerProcess):
             str(self.grpc_port),
             "--metrics-port",
             str(self.metrics_port),
+            *self.extra_args,
         ]
 
     def cwd(self) -> Path:

@@ -3,6 +3,7 @@
 # changes; a second `make` is a no-op.
 
 HELM_VERSION ?= v3.19.0
+GO ?= go
 HELM_BIN := .tools/bin/helm
 HELM_CHART := helm/image-embedder
 
@@ -18,7 +19,7 @@ endif
 	@mkdir -p $(@D)
 	@echo "building helm $(HELM_VERSION) from source into $@"
 	GOBIN=$(CURDIR)/.tools/bin GOFLAGS=-mod=mod GOTOOLCHAIN=local CGO_ENABLED=0 \
-		go install -trimpath \
+		$(GO) install -trimpath \
 		-ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$(HELM_VERSION)" \
 		helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
 	@touch $@

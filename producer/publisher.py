@@ -191,7 +191,9 @@ class Publisher:
             on_delivery=on_delivery,
         )
 
-    def send_all(self, topic: str, messages: Iterator[ImageMessage] | Sequence[ImageMessage]) -> None:
+    def send_all(
+        self, topic: str, messages: Iterator[ImageMessage] | Sequence[ImageMessage]
+    ) -> None:
         """Publish many messages as fast as the client takes them."""
         for msg in messages:
             self.send_message(topic, msg)
@@ -219,7 +221,9 @@ class Publisher:
             topic, key, label, callback = self._pending.pop(token)
             reason = f"no delivery report within {budget:g} s"
             self._record(Delivery(topic, key, label, self._with_broker_errors(reason)), callback)
-        result = PublishResult(self._delivered, tuple(self._failed), time.monotonic() - self._started)
+        result = PublishResult(
+            self._delivered, tuple(self._failed), time.monotonic() - self._started
+        )
         self._delivered = 0
         self._failed = []
         self._started = time.monotonic()
@@ -316,5 +320,5 @@ class RateLimiter:
                 self._publisher.poll(min(left, 0.1))
             else:
                 time.sleep(min(left, 0.1))
-        # never bank more than one interval of idle time, so a stall is not followed by a burst
-        self._next = max(self._next, time.monotonic() - self._interval) + self._interval
+        # idle time is never banked, so a stall is not followed by a burst
+        self._next = max(self._next, time.monotonic()) + self._interval

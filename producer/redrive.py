@@ -49,7 +49,9 @@ def parse_where(pairs: Sequence[str]) -> dict[str, frozenset[str]]:
     for pair in pairs:
         name, sep, value = pair.partition("=")
         if not sep or not name.strip():
-            raise InvalidInput(f"--where expects HEADER=VALUE, e.g. {HEADER_TYPE}=not_found; got {pair!r}")
+            raise InvalidInput(
+                f"--where expects HEADER=VALUE, e.g. {HEADER_TYPE}=not_found; got {pair!r}"
+            )
         where.setdefault(name.strip(), set()).add(value)
     return {name: frozenset(values) for name, values in where.items()}
 
@@ -143,7 +145,9 @@ class Redriver:
         try:
             self._consumer = Consumer(consumer_config)
         except KafkaException as exc:
-            raise InvalidInput(mask_secrets(f"invalid Kafka settings: {exc.args[0]}", self._config)) from None
+            raise InvalidInput(
+                mask_secrets(f"invalid Kafka settings: {exc.args[0]}", self._config)
+            ) from None
         self._publisher = publisher
         if publisher is None and not options.dry_run:
             self._publisher = Publisher(
@@ -217,17 +221,23 @@ class Redriver:
         try:
             committed = self._consumer.committed(tps, timeout=timeout)
             watermarks = {
-                tp.partition: self._consumer.get_watermark_offsets(tp, timeout=timeout) for tp in tps
+                tp.partition: self._consumer.get_watermark_offsets(tp, timeout=timeout)
+                for tp in tps
             }
         except KafkaException as exc:
-            raise KafkaUnavailable(f"cannot read offsets of {opts.dlq_topic}: {exc.args[0].str()}") from None
+            raise KafkaUnavailable(
+                f"cannot read offsets of {opts.dlq_topic}: {exc.args[0].str()}"
+            ) from None
         starts: dict[int, int] = {}
         for tp in committed:
             low, _high = watermarks[tp.partition]
             starts[tp.partition] = max(tp.offset, low) if tp.offset >= 0 else low
         ends = {p: high for p, (_low, high) in watermarks.items()}
         self._consumer.assign(
-            [TopicPartition(opts.dlq_topic, p, off if off >= 0 else OFFSET_BEGINNING) for p, off in starts.items()]
+            [
+                TopicPartition(opts.dlq_topic, p, off if off >= 0 else OFFSET_BEGINNING)
+                for p, off in starts.items()
+            ]
         )
         return starts, ends
 
@@ -247,7 +257,9 @@ class Redriver:
                 if err.code() == KafkaError._PARTITION_EOF:
                     continue
                 if err.fatal() or not err.retriable():
-                    raise KafkaUnavailable(f"reading {opts.dlq_topic}: {mask_secrets(err.str(), self._config)}")
+                    raise KafkaUnavailable(
+                        f"reading {opts.dlq_topic}: {mask_secrets(err.str(), self._config)}"
+                    )
                 continue
             partition, offset = record.partition(), record.offset()
             if opts.until_end and offset >= ends[partition]:
@@ -283,7 +295,9 @@ class Redriver:
                 key=key,
                 value=record.value(),
                 headers=kept,
-                timestamp_ms=ts if opts.keep_timestamp and ts_type != TIMESTAMP_NOT_AVAILABLE else None,
+                timestamp_ms=ts
+                if opts.keep_timestamp and ts_type != TIMESTAMP_NOT_AVAILABLE
+                else None,
                 ref=f"{opts.dlq_topic}[{partition}]@{offset}",
                 on_delivery=self._on_delivery(slot, ref, report),
             )
@@ -305,7 +319,9 @@ class Redriver:
 
         return on_delivery
 
-    def _commit(self, batch: dict[int, list[tuple[int, list[bool | None]]]], report: RedriveReport) -> None:
+    def _commit(
+        self, batch: dict[int, list[tuple[int, list[bool | None]]]], report: RedriveReport
+    ) -> None:
         """Commit, per partition, up to the first record that is not finished."""
         if self.options.dry_run:
             return
@@ -323,9 +339,13 @@ class Redriver:
             try:
                 self._consumer.commit(offsets=offsets, asynchronous=False)
             except KafkaException as exc:
-                raise KafkaUnavailable(f"commit on {self.options.dlq_topic} failed: {exc.args[0].str()}") from None
+                raise KafkaUnavailable(
+                    f"commit on {self.options.dlq_topic} failed: {exc.args[0].str()}"
+                ) from None
 
-    def _update_positions(self, positions: dict[int, int], ends: dict[int, int], done: set[int]) -> bool:
+    def _update_positions(
+        self, positions: dict[int, int], ends: dict[int, int], done: set[int]
+    ) -> bool:
         moved = False
         tps = [TopicPartition(self.options.dlq_topic, p) for p in positions]
         for tp in self._consumer.position(tps):

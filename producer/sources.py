@@ -95,7 +95,8 @@ def read_uri_bytes(
     scheme = urlsplit(uri).scheme.lower()
     try:
         if scheme == "file":
-            data = _read_bounded(Path(file_uri_to_path(uri)).open("rb"), max_bytes)
+            with Path(file_uri_to_path(uri)).open("rb") as stream:
+                data = _read_bounded(stream, max_bytes)
         elif scheme in ("http", "https"):
             data = _read_http(uri, max_bytes, timeout_s)
         else:
@@ -103,7 +104,9 @@ def read_uri_bytes(
     except SourceUnavailable:
         raise
     except Exception as exc:  # any I/O or client error: report it for this item only
-        raise SourceUnavailable(f"cannot read {redact_uri(uri)}: {type(exc).__name__}: {exc}") from None
+        raise SourceUnavailable(
+            f"cannot read {redact_uri(uri)}: {type(exc).__name__}: {exc}"
+        ) from None
     return data
 
 
@@ -163,11 +166,15 @@ def fs_path_from_uri(path: str) -> str:
 # -- messages from raw inputs -------------------------------------------------------------------
 
 
-def message_for_uri(uri: str, options: MessageOptions, *, explicit_id: str | None = None) -> ImageMessage:
+def message_for_uri(
+    uri: str, options: MessageOptions, *, explicit_id: str | None = None
+) -> ImageMessage:
     """An upsert for ``uri`` with the options' metadata and id rule (raises on a bad input)."""
     msg_id = explicit_id
     if msg_id is None and options.id_from == "content":
-        msg_id = message_id_for_content(read_uri_bytes(uri, storage_options=options.storage_options))
+        msg_id = message_id_for_content(
+            read_uri_bytes(uri, storage_options=options.storage_options)
+        )
     return ImageMessage.upsert(uri, id=msg_id, metadata=options.metadata)
 
 
@@ -287,7 +294,9 @@ def scan_fsspec(url: str, storage_options: Mapping[str, Any]) -> Iterator[ScanEn
     except ImportError as exc:
         raise InvalidInput(f"no filesystem for {scheme}:// ({exc})") from None
     except Exception as exc:  # credentials, network, missing bucket: one clear line
-        raise SourceUnavailable(f"cannot list {redact_uri(url)}: {type(exc).__name__}: {exc}") from None
+        raise SourceUnavailable(
+            f"cannot list {redact_uri(url)}: {type(exc).__name__}: {exc}"
+        ) from None
     for path in paths:
         name = path.rsplit("/", 1)[-1]
         if name.startswith(".") or not has_image_extension(name):

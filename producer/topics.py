@@ -56,7 +56,11 @@ def create_topics(
     :class:`TopicConflict` (Kafka cannot shrink a topic, and growing it would move keys between
     partitions and break per-id order). An existing dead-letter topic gets the asked retention.
     """
-    if partitions < 1 or replication_factor < 1 or (dlq_partitions is not None and dlq_partitions < 1):
+    if (
+        partitions < 1
+        or replication_factor < 1
+        or (dlq_partitions is not None and dlq_partitions < 1)
+    ):
         raise InvalidInput("partitions and replication factor must be at least 1")
     if dlq_retention_ms < -1 or dlq_retention_ms == 0:
         raise InvalidInput("--dlq-retention-ms must be positive, or -1 for unlimited")
@@ -86,13 +90,17 @@ def create_topics(
         try:
             futures[name].result(timeout=timeout_s + 5)
             outcomes.append(
-                TopicOutcome(name, "created", new.num_partitions, f"replication {replication_factor}")
+                TopicOutcome(
+                    name, "created", new.num_partitions, f"replication {replication_factor}"
+                )
             )
             continue
         except KafkaException as exc:
             err: KafkaError = exc.args[0]
             if err.code() != KafkaError.TOPIC_ALREADY_EXISTS:
-                raise TopicConflict(f"cannot create {name}: {mask_secrets(err.str(), config)}") from None
+                raise TopicConflict(
+                    f"cannot create {name}: {mask_secrets(err.str(), config)}"
+                ) from None
         except TimeoutError:
             raise KafkaUnavailable(f"no answer creating {name} within {timeout_s:g} s") from None
         existing = _partition_count(admin, name, timeout_s)
@@ -108,7 +116,9 @@ def create_topics(
     return outcomes
 
 
-def _check_reachable(admin: AdminClient, servers: str, timeout_s: float, config: Mapping[str, Any]) -> None:
+def _check_reachable(
+    admin: AdminClient, servers: str, timeout_s: float, config: Mapping[str, Any]
+) -> None:
     try:
         admin.list_topics(timeout=timeout_s)
     except KafkaException as exc:
@@ -130,7 +140,9 @@ def _ensure_retention(
     admin: AdminClient, name: str, partitions: int, retention_ms: int, timeout_s: float
 ) -> TopicOutcome:
     resource = ConfigResource(ConfigResource.Type.TOPIC, name)
-    current = admin.describe_configs([resource], request_timeout=timeout_s)[resource].result(timeout_s)
+    current = admin.describe_configs([resource], request_timeout=timeout_s)[resource].result(
+        timeout_s
+    )
     entry = current.get("retention.ms")
     if entry is not None and entry.value == str(retention_ms):
         return TopicOutcome(name, "exists", partitions, f"retention.ms {retention_ms}")
@@ -138,7 +150,9 @@ def _ensure_retention(
         ConfigResource.Type.TOPIC,
         name,
         incremental_configs=[
-            ConfigEntry("retention.ms", str(retention_ms), incremental_operation=AlterConfigOpType.SET)
+            ConfigEntry(
+                "retention.ms", str(retention_ms), incremental_operation=AlterConfigOpType.SET
+            )
         ],
     )
     admin.incremental_alter_configs([change], request_timeout=timeout_s)[change].result(timeout_s)

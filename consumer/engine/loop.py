@@ -851,12 +851,17 @@ class Engine:
                 if found and found[0].offset >= 0:
                     end = found[0].offset
             self._ends[key] = end
-            start = tp.offset if tp.offset >= 0 else low
-            committed = consumer.committed([TopicPartition(tp.topic, tp.partition)], timeout=10)
-            if tp.offset < 0 and committed and committed[0].offset >= 0:
-                start = committed[0].offset
-            if tp.offset == OFFSET_END:
+            if tp.offset == OFFSET_BEGINNING:
+                start = low
+            elif tp.offset == OFFSET_END:
                 start = high
+            elif tp.offset >= 0:
+                start = tp.offset
+            else:  # no explicit position: the group's committed offset, else the beginning
+                committed = consumer.committed(
+                    [TopicPartition(tp.topic, tp.partition)], timeout=10
+                )
+                start = committed[0].offset if committed and committed[0].offset >= 0 else low
             self._starts[key] = start
             if end <= low or start >= end:
                 self._reached.add(key)

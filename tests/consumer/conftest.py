@@ -73,8 +73,16 @@ def run_consumer(
             "IMAGE_EMBEDDER_LOG_FORMAT": "json",
             **(env or {}),
         }
-        cmd = [sys.executable, "-m", "consumer", "run", "--no-metrics", "--summary-json",
-               str(summary), *args]
+        cmd = [
+            sys.executable,
+            "-m",
+            "consumer",
+            "run",
+            "--no-metrics",
+            "--summary-json",
+            str(summary),
+            *args,
+        ]
         proc = subprocess.run(
             cmd, env=full_env, capture_output=True, text=True, timeout=timeout_s, check=False
         )

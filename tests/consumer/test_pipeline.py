@@ -26,8 +26,17 @@ def test_every_message_lands_once_and_a_rerun_ingests_nothing(
     messages = photo_messages(photo_dir)
     create_topic(kafka_bootstrap, unique_name, partitions=3)
     produce_json(kafka_bootstrap, unique_name, messages)
-    args = ("--topic", unique_name, "--group", unique_name, "--collection", unique_name,
-            "--until-end", "--file-root", str(photo_dir))
+    args = (
+        "--topic",
+        unique_name,
+        "--group",
+        unique_name,
+        "--collection",
+        unique_name,
+        "--until-end",
+        "--file-root",
+        str(photo_dir),
+    )
     first = run_consumer(*args)
     assert first.returncode == 0, first.stderr[-3000:]
     assert first.summary is not None
@@ -54,8 +63,15 @@ def test_replay_leaves_rows_and_vectors_unchanged(
     messages = photo_messages(photo_dir)[:9]
     create_topic(kafka_bootstrap, unique_name, partitions=2)
     produce_json(kafka_bootstrap, unique_name, messages)
-    base = ("--topic", unique_name, "--collection", unique_name, "--until-end",
-            "--file-root", str(photo_dir))
+    base = (
+        "--topic",
+        unique_name,
+        "--collection",
+        unique_name,
+        "--until-end",
+        "--file-root",
+        str(photo_dir),
+    )
     assert run_consumer(*base, "--group", f"{unique_name}_a").returncode == 0
     before = rows_by_id(milvus_uri, unique_name, ["id", "embedding"])
     replay = run_consumer(*base, "--group", f"{unique_name}_b", "--from", "earliest")
@@ -75,12 +91,24 @@ def test_delete_message_and_tombstone_remove_rows(
     create_topic(kafka_bootstrap, unique_name, partitions=1)
     produce_json(kafka_bootstrap, unique_name, messages)
     producer = Producer({"bootstrap.servers": kafka_bootstrap})
-    producer.produce(unique_name, key=messages[0]["id"].encode(),
-                     value=b'{"op": "delete", "id": "%s"}' % messages[0]["id"].encode())
+    producer.produce(
+        unique_name,
+        key=messages[0]["id"].encode(),
+        value=b'{"op": "delete", "id": "%s"}' % messages[0]["id"].encode(),
+    )
     producer.produce(unique_name, key=messages[1]["id"].encode(), value=None)
     assert producer.flush(30) == 0
-    run = run_consumer("--topic", unique_name, "--group", unique_name, "--collection",
-                       unique_name, "--until-end", "--file-root", str(photo_dir))
+    run = run_consumer(
+        "--topic",
+        unique_name,
+        "--group",
+        unique_name,
+        "--collection",
+        unique_name,
+        "--until-end",
+        "--file-root",
+        str(photo_dir),
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     assert run.summary is not None and run.summary["deleted"] == 2
     rows = rows_by_id(milvus_uri, unique_name, ["id"])
@@ -128,9 +156,19 @@ def test_later_message_wins_when_batches_finish_out_of_order(
     later = {"id": "same", "uri": (photo_dir / "rocket.jpg").as_uri()}
     produce_json(kafka_bootstrap, unique_name, [first, *filler, later])
     run = run_consumer(
-        "--topic", unique_name, "--group", unique_name, "--collection", unique_name,
-        "--until-end", "--file-root", str(photo_dir), "--allowed-network", "127.0.0.1/32",
-        "--batch-size", "2",
+        "--topic",
+        unique_name,
+        "--group",
+        unique_name,
+        "--collection",
+        unique_name,
+        "--until-end",
+        "--file-root",
+        str(photo_dir),
+        "--allowed-network",
+        "127.0.0.1/32",
+        "--batch-size",
+        "2",
     )
     assert run.returncode == 0, run.stderr[-3000:]
     rows = rows_by_id(milvus_uri, unique_name, ["id", "uri"])
@@ -154,12 +192,29 @@ def test_http_and_grpc_triton_give_the_same_vectors(
     messages = photo_messages(photo_dir)[:8]
     create_topic(kafka_bootstrap, unique_name, partitions=2)
     produce_json(kafka_bootstrap, unique_name, messages)
-    common = ("--topic", unique_name, "--until-end", "--file-root", str(photo_dir),
-              "--infer-threads", "4", "--infer-batch-size", "1")
-    grpc_run = run_consumer(*common, "--group", f"{unique_name}_g", "--collection",
-                            f"{unique_name}_g")
-    http_run = run_consumer(*common, "--group", f"{unique_name}_h", "--collection",
-                            f"{unique_name}_h", "--triton-url", triton_http_url)
+    common = (
+        "--topic",
+        unique_name,
+        "--until-end",
+        "--file-root",
+        str(photo_dir),
+        "--infer-threads",
+        "4",
+        "--infer-batch-size",
+        "1",
+    )
+    grpc_run = run_consumer(
+        *common, "--group", f"{unique_name}_g", "--collection", f"{unique_name}_g"
+    )
+    http_run = run_consumer(
+        *common,
+        "--group",
+        f"{unique_name}_h",
+        "--collection",
+        f"{unique_name}_h",
+        "--triton-url",
+        triton_http_url,
+    )
     assert grpc_run.returncode == 0, grpc_run.stderr[-3000:]
     assert http_run.returncode == 0, http_run.stderr[-3000:]
     assert "Cannot switch to a different thread" not in http_run.stderr
@@ -183,13 +238,15 @@ def test_model_and_collection_mismatch_is_fatal_then_reembed_and_promote(
     base = ("--topic", unique_name, "--until-end", "--file-root", str(photo_dir))
     live = run_consumer(*base, "--group", f"{unique_name}_1", "--collection", unique_name)
     assert live.returncode == 0, live.stderr[-3000:]
-    wrong = run_consumer(*base, "--group", f"{unique_name}_2", "--collection", unique_name,
-                         "--output", "LOGITS")
+    wrong = run_consumer(
+        *base, "--group", f"{unique_name}_2", "--collection", unique_name, "--output", "LOGITS"
+    )
     assert wrong.returncode == 1
     assert "dim" in wrong.stderr and "another model" in wrong.stderr
     new = f"{unique_name}_logits"
-    reembed = run_consumer(*base, "--group", f"{unique_name}_3", "--collection", new,
-                           "--output", "LOGITS")
+    reembed = run_consumer(
+        *base, "--group", f"{unique_name}_3", "--collection", new, "--output", "LOGITS"
+    )
     assert reembed.returncode == 0, reembed.stderr[-3000:]
     assert count_rows(milvus_uri, new) == len(messages)
 
@@ -199,9 +256,21 @@ def test_model_and_collection_mismatch_is_fatal_then_reembed_and_promote(
     alias = f"{unique_name}_alias"
     for target in (unique_name, new):
         proc = subprocess.run(
-            [sys.executable, "-m", "consumer", "promote", "--alias", alias, "--collection",
-             target, "--milvus-uri", milvus_uri],
-            capture_output=True, text=True, check=False,
+            [
+                sys.executable,
+                "-m",
+                "consumer",
+                "promote",
+                "--alias",
+                alias,
+                "--collection",
+                target,
+                "--milvus-uri",
+                milvus_uri,
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
         )
         assert proc.returncode == 0, proc.stderr
         client = MilvusClient(milvus_uri)

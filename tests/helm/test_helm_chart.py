@@ -645,3 +645,20 @@ def test_dashboard_panels_have_unique_ids_and_a_datasource() -> None:
     assert len(ids) == len(set(ids))
     for panel in dashboard["panels"]:
         assert panel["datasource"]["uid"] == "${datasource}", panel["title"]
+
+
+@pytest.mark.parametrize(
+    "pair",
+    [
+        "keda.enabled=yes",
+        "kafka.securityProtocol=TLS",
+        "consumer.logFormat=xml",
+        "keda.lagThreshold=lots",
+    ],
+)
+def test_values_schema_rejects_malformed_values(
+    render_result: Callable[..., Any], pair: str
+) -> None:
+    result = render_result(sets=[pair])
+    assert result.returncode != 0
+    assert pair.split("=")[0].split(".")[-1] in result.stderr

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from consumer.fetch import (
-    FetchError,
     Fetcher,
+    FetchError,
     FetchPolicy,
     NotFound,
     RedirectRefused,
@@ -134,9 +134,7 @@ def test_retry_after_beyond_the_deadline_gives_up_at_once(
 ) -> None:
     path = f"/throttled/{key()}"
     sleeps: list[float] = []
-    fetcher = make_fetcher(
-        policy_for(total_timeout_s=5.0, max_retry_after_s=60.0), sleeps=sleeps
-    )
+    fetcher = make_fetcher(policy_for(total_timeout_s=5.0, max_retry_after_s=60.0), sleeps=sleeps)
     with pytest.raises(ServerError) as caught:
         fetcher.fetch(image_server.url(path) + "?after=30")
     assert "429" in caught.value.message

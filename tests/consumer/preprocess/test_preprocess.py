@@ -1,0 +1,81 @@
+"""JAX preprocessing: agrees with a Pillow reference, keeps shapes fixed, main thread only."""
+
+from __future__ import annotations
+
+import threading
+import warnings
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from consumer.preprocess import PreprocessThreadError, fit_to_canvas
+from consumer.preprocess.jaxprep import Preprocessor
+
+
+def _reference(image: np.ndarray) -> np.ndarray:
+    """Shorter side to 256 (bilinear), centre crop 224, x / 127.5 - 1."""
+    h, w = image.shape[:2]
+    scale = 256 / min(h, w)
+    resized = Image.fromarray(image).resize((round(w * scale), round(h * scale)), Image.BILINEAR)
+    left, top = (resized.width - 224) // 2, (resized.height - 224) // 2
+    crop = resized.crop((left, top, left + 224, top + 224))
+    return np.asarray(crop, np.float32) / 127.5 - 1
+
+
+@pytest.fixture(scope="module")
+def pre() -> Preprocessor:
+    p = Preprocessor(canvas_px=512, buckets=(1, 4))
+    p.warm_up()
+    return p
+
+
+def _photos() -> list[np.ndarray]:
+    from skimage import data
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return [data.chelsea(), data.coffee(), data.astronaut(), data.hubble_deep_field()]
+
+
+def test_matches_pillow_reference(pre: Preprocessor) -> None:
+    for image in _photos():
+        out = pre([fit_to_canvas(image, 512)])[0]
+        assert out.shape == (224, 224, 3) and out.dtype == np.float32
+        diff = np.abs(out - _reference(image))
+        assert diff.mean() < 0.02, diff.mean()
+
+
+def test_batch_equals_single_and_pads_to_buckets(pre: Preprocessor) -> None:
+    squares = [fit_to_canvas(img, 512) for img in _photos()[:3]]
+    batch = pre(squares)
+    assert batch.shape == (3, 224, 224, 3)
+    for i, square in enumerate(squares):
+        np.testing.assert_allclose(batch[i], pre([square])[0], atol=1e-5)
+    assert pre.bucket_for(3) == 4
+
+
+def test_fit_to_canvas_cuts_the_centre_square_and_reduces_large_ones() -> None:
+    wide = np.zeros((300, 900, 3), np.uint8)
+    wide[:, 300:600] = 200
+    square = fit_to_canvas(wide, 512)
+    assert square.shape == (300, 300, 3) and square.min() == 200
+    big = np.full((2000, 3000, 3), 50, np.uint8)
+    reduced = fit_to_canvas(big, 512)
+    assert reduced.shape[0] == reduced.shape[1] <= 512
+    assert reduced.shape[0] >= 256 and int(reduced.mean()) == 50
+
+
+def test_refuses_to_run_off_the_main_thread(pre: Preprocessor) -> None:
+    errors: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            pre([np.zeros((256, 256, 3), np.uint8)])
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=call)
+    thread.start()
+    thread.join()
+    assert len(errors) == 1 and isinstance(errors[0], PreprocessThreadError)
