@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from consumer.settings import Settings, parse_start
 
@@ -24,7 +25,7 @@ def test_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_settings_are_frozen() -> None:
     s = Settings(topic="t")
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):
         s.topic = "other"  # type: ignore[misc]
 
 
@@ -42,7 +43,7 @@ def test_secrets_never_show(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_triton_url_forms() -> None:
     assert Settings(triton_url="http://h:8000").triton_protocol == "http"
     assert Settings(triton_url="grpc://h:8001").triton_address == "h:8001"
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):
         Settings(triton_url="ftp://h:1")
 
 

@@ -41,9 +41,9 @@ def test_no_jax_frame_outside_the_main_thread(
     main = threading.main_thread()
 
     def hook(frame: FrameType, event: str, arg: Any) -> None:
-        if event == "call" and threading.current_thread() is not main:
-            if _is_jax_code(frame.f_code.co_filename):
-                records.append((threading.current_thread().name, frame.f_code.co_filename))
+        thread = threading.current_thread()
+        if event == "call" and thread is not main and _is_jax_code(frame.f_code.co_filename):
+            records.append((thread.name, frame.f_code.co_filename))
 
     # the hook must be able to see a violation: a thread that calls JAX is recorded
     threading.setprofile(hook)
