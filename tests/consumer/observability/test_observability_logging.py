@@ -201,3 +201,17 @@ def test_message_context_binds_topic_partition_offset() -> None:
     assert "topic" not in outside
     assert (bound["topic"], bound["partition"]) == ("images", 5) and "offset" not in bound
     assert "topic" not in cleared
+
+
+def test_reconfiguring_switches_existing_loggers() -> None:
+    log = get_logger("consumer.early")  # e.g. at module import, before the CLI configures
+    first = io.StringIO()
+    configure_logging("info", "json", first)
+    log.info("as json")
+    second = Terminal()
+    configure_logging("info", "console", second)
+    log.info("for people")
+    assert json_lines(first)[0]["event"] == "as json"
+    assert "for people" in second.getvalue()
+    with pytest.raises(orjson.JSONDecodeError):
+        orjson.loads(second.getvalue().splitlines()[0])
