@@ -74,7 +74,7 @@ def test_slow_milvus_pauses_partitions_and_loses_nothing(
         ],
         env=env,
         stdout=subprocess.DEVNULL,
-        stderr=open(tmp_path / "consumer.log", "w"),
+        stderr=open(tmp_path / "consumer.log", "w"),  # noqa: SIM115 - open for the process's life
     )
     peak_rss = 0
     max_paused = 0.0

@@ -20,12 +20,14 @@ pytestmark = pytest.mark.integration
 
 
 def _metric(text: str, name: str, labels: str = "") -> float:
+    """Sum of the samples of metric ``name`` whose label text contains ``labels``."""
     total = 0.0
     for line in text.splitlines():
-        if line.startswith(name + ("{" if labels else "")) and labels in line:
-            total += float(line.rsplit(" ", 1)[1])
-        elif not labels and line.startswith(name + " "):
-            total += float(line.rsplit(" ", 1)[1])
+        if line.startswith("#") or " " not in line:
+            continue
+        series, value = line.rsplit(" ", 1)
+        if series.split("{", 1)[0] == name and labels in series:
+            total += float(value)
     return total
 
 
@@ -79,7 +81,7 @@ def test_metrics_move_probes_answer_and_sigterm_drains(
         ],
         env=env,
         stdout=subprocess.PIPE,
-        stderr=open(tmp_path / "consumer.log", "w"),
+        stderr=open(tmp_path / "consumer.log", "w"),  # noqa: SIM115 - open for the process's life
         text=True,
     )
     base = f"http://127.0.0.1:{port}"

@@ -1,0 +1,39 @@
+"""Pure logic of the engine: the latest-id registry and the --max-rate token bucket."""
+
+from __future__ import annotations
+
+import pytest
+
+from consumer.engine.loop import _RateLimiter
+from consumer.engine.registry import LatestRegistry
+
+
+def test_registry_latest_wins_until_all_in_flight_are_released() -> None:
+    reg = LatestRegistry()
+    reg.register("x", 1)
+    reg.register("x", 2)
+    assert not reg.is_latest("x", 1) and reg.is_latest("x", 2)
+    reg.release("x")  # the later one finished first
+    assert not reg.is_latest("x", 1), "the earlier one must stay superseded while in flight"
+    reg.release("x")
+    assert len(reg) == 0 and reg.is_latest("x", 1)
+
+
+def test_rate_limiter_refills_at_the_rate(monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [100.0]
+    monkeypatch.setattr("consumer.engine.loop.time.monotonic", lambda: now[0])
+    limiter = _RateLimiter(rate=10.0, burst=5)
+    assert limiter.available() == 5
+    limiter.take(5)
+    assert limiter.available() == 0
+    assert limiter.wait_s() == pytest.approx(0.1)
+    now[0] += 0.35
+    assert limiter.available() == 3
+    now[0] += 100
+    assert limiter.available() == 5  # capped at the burst
+
+
+def test_no_rate_means_no_limit() -> None:
+    limiter = _RateLimiter(rate=None, burst=5)
+    limiter.take(10**6)
+    assert limiter.available() > 10**6 and limiter.wait_s() == 0

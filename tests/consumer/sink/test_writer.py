@@ -1,0 +1,133 @@
+"""The Milvus writer's grouping, latest-wins and stale-write logic, against a fake client."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+from consumer.sink import MilvusWriter, WriteOp, WriteResult
+
+
+class FakeMilvus:
+    """Just enough of MilvusClient: rows by id, with a switch to fail calls."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, dict[str, Any]] = {}
+        self.upserts: list[list[str]] = []
+        self.fail = 0
+        self.flushes = 0
+        self.lock = threading.Lock()
+
+    def _maybe_fail(self) -> None:
+        if self.fail:
+            self.fail -= 1
+            raise ConnectionError("milvus down")
+
+    def get(self, collection: str, ids: list[str], output_fields: list[str]) -> list[dict]:
+        self._maybe_fail()
+        return [dict(self.rows[i]) for i in ids if i in self.rows]
+
+    def upsert(self, collection: str, rows: list[dict]) -> None:
+        self._maybe_fail()
+        self.upserts.append([r["id"] for r in rows])
+        for row in rows:
+            self.rows[row["id"]] = row
+
+    def delete(self, collection: str, ids: list[str]) -> None:
+        self._maybe_fail()
+        for i in ids:
+            self.rows.pop(i, None)
+
+    def flush(self, collection: str) -> None:
+        self.flushes += 1
+
+
+def _row(id_: str, ts: int, tag: str) -> dict[str, Any]:
+    return {"id": id_, "kafka_ts": ts, "tag": tag}
+
+
+def _writer(client: FakeMilvus, results: list[WriteResult], **kwargs: Any) -> MilvusWriter:
+    done = threading.Lock()
+
+    def on_results(batch: list[WriteResult]) -> None:
+        with done:
+            results.extend(batch)
+
+    return MilvusWriter(client, "c", on_results=on_results, **kwargs)
+
+
+def _wait_for(results: list, count: int) -> None:
+    deadline = time.monotonic() + 10
+    while len(results) < count and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def test_groups_rows_and_keeps_the_latest_op_per_id() -> None:
+    client, results = FakeMilvus(), []
+    writer = _writer(client, results, batch_rows=10, max_age_s=0.05)
+    writer.start()
+    writer.submit(
+        [
+            WriteOp(1, "a", 10, _row("a", 10, "old")),
+            WriteOp(2, "b", 10, _row("b", 10, "b")),
+            WriteOp(3, "a", 11, _row("a", 11, "new")),
+        ]
+    )
+    _wait_for(results, 3)
+    assert writer.close()
+    assert {r.token: r.outcome for r in results} == {1: "superseded", 2: "written", 3: "written"}
+    assert client.rows["a"]["tag"] == "new"
+    assert client.upserts == [["b", "a"]] or client.upserts == [["a", "b"]]
+    assert client.flushes == 1  # at close only, never per group
+
+
+def test_stale_writes_and_superseded_tokens_are_skipped() -> None:
+    client, results = FakeMilvus(), []
+    client.rows["x"] = _row("x", 100, "newer")
+    writer = _writer(client, results, max_age_s=0.01, is_latest=lambda op: op.token != "old")
+    writer.start()
+    writer.submit(
+        [
+            WriteOp("stale", "x", 50, _row("x", 50, "older")),
+            WriteOp("old", "y", 10, _row("y", 10, "y")),
+            WriteOp("del", "z", 10, None),
+        ]
+    )
+    _wait_for(results, 3)
+    writer.close()
+    outcomes = {r.token: r.outcome for r in results}
+    assert outcomes == {"stale": "skipped_stale", "old": "superseded", "del": "deleted"}
+    assert client.rows["x"]["tag"] == "newer" and "y" not in client.rows
+
+
+def test_failures_are_retried_and_nothing_is_reported_before_success() -> None:
+    client, results = FakeMilvus(), []
+    client.fail = 3
+    retries: list[float] = []
+    writer = _writer(
+        client,
+        results,
+        max_age_s=0.01,
+        max_backoff_s=0.05,
+        on_retry=lambda exc, delay: retries.append(delay),
+    )
+    writer.start()
+    writer.submit([WriteOp(1, "a", 1, _row("a", 1, "a"))])
+    _wait_for(results, 1)
+    writer.close()
+    assert len(retries) == 3
+    assert [r.outcome for r in results] == ["written"]
+    assert "a" in client.rows
+
+
+def test_abort_reports_nothing_unwritten() -> None:
+    client, results = FakeMilvus(), []
+    client.fail = 10**6
+    writer = _writer(client, results, max_age_s=0.01, max_backoff_s=0.01)
+    writer.start()
+    writer.submit([WriteOp(1, "a", 1, _row("a", 1, "a"))])
+    time.sleep(0.1)
+    writer.abort()
+    time.sleep(0.1)
+    assert results == []
