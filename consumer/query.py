@@ -80,16 +80,29 @@ def embed_image(s: Settings, image: str) -> tuple[np.ndarray, Any]:
 def search_collection(s: Settings, spec: Any, vector: np.ndarray, top_k: int) -> list[dict]:
     """Nearest rows by cosine similarity, refusing a collection built for another model."""
     from consumer.engine.loop import collection_contract
-    from consumer.sink import CollectionMismatchError, MilvusCollection
+    from consumer.sink import CollectionMismatchError, MilvusCollection, collection_name
 
     client = _milvus(s)
-    coll = MilvusCollection(client, s.collection or "")
+    try:
+        name = collection_name(s.collection or "", collection_contract(spec))
+    except CollectionMismatchError as exc:
+        raise QueryError(str(exc)) from exc
+    if not client.has_collection(name) and not _is_alias(client, name):
+        raise QueryError(f"collection {name!r} does not exist")
+    coll = MilvusCollection(client, name)
     try:
         coll.check(collection_contract(spec))
     except CollectionMismatchError as exc:
         raise QueryError(str(exc)) from exc
     client.load_collection(coll.name)
     return coll.search(vector.tolist(), top_k)
+
+
+def _is_alias(client: Any, name: str) -> bool:
+    try:
+        return bool(client.describe_alias(name).get("collection_name"))
+    except Exception:
+        return False
 
 
 def _milvus(s: Settings) -> Any:
@@ -110,7 +123,7 @@ def run_checks(s: Settings) -> list[tuple[str, bool, str]]:
 
     from consumer.engine.loop import collection_contract, triton_endpoint
     from consumer.inference import read_model_spec
-    from consumer.sink import MilvusCollection
+    from consumer.sink import MilvusCollection, collection_name
 
     results: list[tuple[str, bool, str]] = []
     topics: dict[str, Any] | None = None
@@ -146,15 +159,18 @@ def run_checks(s: Settings) -> list[tuple[str, bool, str]]:
         client.list_collections()
         results.append(("milvus", True, f"reachable at {s.milvus_uri}"))
         if s.collection:
-            coll = MilvusCollection(client, s.collection)
-            if not client.has_collection(s.collection):
-                results.append(("collection", True, f"{s.collection} missing; run creates it"))
+            name = s.collection
+            if spec is not None:
+                name = collection_name(s.collection, collection_contract(spec))
+            coll = MilvusCollection(client, name)
+            if not client.has_collection(name):
+                results.append(("collection", True, f"{name} missing; run creates it"))
             elif spec is None:
                 results.append(("collection", False, "cannot compare: the model is unavailable"))
             else:
                 try:
                     coll.check(collection_contract(spec))
-                    results.append(("collection", True, f"{s.collection} matches the model"))
+                    results.append(("collection", True, f"{name} matches the model"))
                 except Exception as exc:
                     results.append(("collection", False, str(exc)))
     except Exception as exc:

@@ -46,7 +46,8 @@ COPY schemas/ schemas/
 COPY serving/ serving/
 
 # Triton's Python backend stub links against libpython3.11.so, which this base image keeps in
-# the interpreter's LIBDIR (/usr/local/lib). PyTriton keeps its workspace under XDG_CACHE_HOME.
+# the interpreter's LIBDIR (/usr/local/lib). PyTriton keeps its workspace under XDG_CACHE_HOME;
+# the JAX compilation cache goes to /var/cache/serving/jax (--cache-dir below).
 ENV VIRTUAL_ENV=/opt/venv \
     PATH=/opt/venv/bin:$PATH \
     PYTHONPATH=/app \
@@ -54,7 +55,6 @@ ENV VIRTUAL_ENV=/opt/venv \
     PYTHONDONTWRITEBYTECODE=1 \
     LD_LIBRARY_PATH=/usr/local/lib \
     JAX_PLATFORMS=cpu \
-    JAX_COMPILATION_CACHE_DIR=/var/cache/serving/jax \
     XDG_CACHE_HOME=/tmp/cache
 
 USER 10001:10001
@@ -67,4 +67,5 @@ HEALTHCHECK --interval=30s --timeout=5s --start-period=300s --retries=3 \
 
 # Exec form: Python is PID 1 and receives SIGTERM directly, so Triton is stopped cleanly.
 ENTRYPOINT ["python", "-m", "serving"]
-CMD ["--host", "0.0.0.0", "--http-port", "8000", "--grpc-port", "8001", "--metrics-port", "8002"]
+CMD ["--host", "0.0.0.0", "--http-port", "8000", "--grpc-port", "8001", "--metrics-port", "8002", \
+     "--cache-dir", "/var/cache/serving/jax"]

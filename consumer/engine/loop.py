@@ -66,6 +66,7 @@ from consumer.sink import (
     MilvusWriter,
     WriteOp,
     WriteResult,
+    collection_name,
     connect,
 )
 from consumer.sink.collection import URI_MAX_LENGTH
@@ -231,14 +232,17 @@ class Engine:
             s.milvus_timeout_s,
             s.milvus_server_pem_path,
         )
-        self._collection = MilvusCollection(self._milvus, s.collection or "")
+        self.collection_name = collection_name(s.collection or "", contract_)
+        self._collection = MilvusCollection(self._milvus, self.collection_name)
         try:
             created = self._collection.ensure(contract_)
         except Exception as exc:
             if type(exc).__name__ == "CollectionMismatchError":
                 raise EngineFatalError(str(exc)) from exc
             raise
-        log.info("collection ready", collection=s.collection, created=created, dim=contract_.dim)
+        log.info(
+            "collection ready", collection=self.collection_name, created=created, dim=contract_.dim
+        )
         self.metrics.set_build_info(model=self._spec.name, model_version=self._spec.version)
         self._preprocessor = make_preprocessor(s)
         self._fetcher = Fetcher(fetch_policy(s))
@@ -246,7 +250,7 @@ class Engine:
         self._infer_pool = ThreadPoolExecutor(s.infer_threads, thread_name_prefix="infer")
         self._writer = MilvusWriter(
             self._milvus,
-            s.collection or "",
+            self.collection_name,
             on_results=lambda results: self._results.put(("write", results)),
             is_latest=lambda op: self._registry.is_latest(op.id, op.token),
             batch_rows=s.write_batch_rows,
@@ -858,9 +862,7 @@ class Engine:
             elif tp.offset >= 0:
                 start = tp.offset
             else:  # no explicit position: the group's committed offset, else the beginning
-                committed = consumer.committed(
-                    [TopicPartition(tp.topic, tp.partition)], timeout=10
-                )
+                committed = consumer.committed([TopicPartition(tp.topic, tp.partition)], timeout=10)
                 start = committed[0].offset if committed and committed[0].offset >= 0 else low
             self._starts[key] = start
             if end <= low or start >= end:

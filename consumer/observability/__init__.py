@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from consumer.observability.exceptions import MetricsServerFatalError, ObservabilityError
 from consumer.observability.health import HealthServer, ReadinessCheck
 from consumer.observability.logging import (
+    LogFormat,
     bind_message_context,
     clear_message_context,
     configure_logging,
     get_logger,
     message_context,
     redact_secrets,
+    redact_text,
 )
 from consumer.observability.metrics import (
     Metrics,
@@ -20,7 +23,10 @@ from consumer.observability.metrics import (
 
 __all__ = [
     "HealthServer",
+    "LogFormat",
     "Metrics",
+    "MetricsServerFatalError",
+    "ObservabilityError",
     "Outcome",
     "ReadinessCheck",
     "RetryOperation",
@@ -31,4 +37,5 @@ __all__ = [
     "get_logger",
     "message_context",
     "redact_secrets",
+    "redact_text",
 ]

@@ -1,6 +1,11 @@
 """Milvus: the collection contract, grouped upserts and deletes, the stale-write guard, aliases."""
 
-from consumer.sink.collection import CollectionContract, MilvusCollection, connect
+from consumer.sink.collection import (
+    CollectionContract,
+    MilvusCollection,
+    collection_name,
+    connect,
+)
 from consumer.sink.exceptions import CollectionMismatchError, SinkUnavailableError
 from consumer.sink.writer import MilvusWriter, WriteOp, WriteResult
 
@@ -12,5 +17,6 @@ __all__ = [
     "SinkUnavailableError",
     "WriteOp",
     "WriteResult",
+    "collection_name",
     "connect",
 ]

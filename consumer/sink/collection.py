@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,6 +56,24 @@ def connect(
         raise SinkUnavailableError(
             f"cannot connect to Milvus: {type(exc).__name__}: {exc}"
         ) from exc
+
+
+_NAME_CHARS = re.compile(r"[^A-Za-z0-9_]")
+
+
+def collection_name(template: str, contract: CollectionContract) -> str:
+    """Expand ``{model}``, ``{model_version}`` and ``{output}`` in a collection name.
+
+    A re-embedding run names its collection for the model (``images_{model}_v{model_version}``),
+    side by side with the live one; characters Milvus does not allow become ``_``.
+    """
+    try:
+        name = template.format(
+            model=contract.model, model_version=contract.model_version, output=contract.output
+        )
+    except (KeyError, IndexError, ValueError) as exc:
+        raise CollectionMismatchError(f"bad collection name template {template!r}: {exc}") from exc
+    return _NAME_CHARS.sub("_", name)
 
 
 class MilvusCollection:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import http.server
+import os
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import orjson
 import pytest
 from confluent_kafka import Producer
 
@@ -226,7 +228,12 @@ def test_http_and_grpc_triton_give_the_same_vectors(
 
 
 def test_model_and_collection_mismatch_is_fatal_then_reembed_and_promote(
-    kafka_bootstrap: str, milvus_uri: str, photo_dir: Path, run_consumer, unique_name: str
+    kafka_bootstrap: str,
+    milvus_uri: str,
+    triton_grpc_url: str,
+    photo_dir: Path,
+    run_consumer,
+    unique_name: str,
 ) -> None:
     """Another model output into an existing collection is refused at start-up; the same run
     into its own collection works, and promote switches an alias to it."""
@@ -243,9 +250,15 @@ def test_model_and_collection_mismatch_is_fatal_then_reembed_and_promote(
     )
     assert wrong.returncode == 1
     assert "dim" in wrong.stderr and "another model" in wrong.stderr
-    new = f"{unique_name}_logits"
-    reembed = run_consumer(
-        *base, "--group", f"{unique_name}_3", "--collection", new, "--output", "LOGITS"
+    new = f"{unique_name}_LOGITS"
+    reembed = run_consumer(  # the collection is named for the model output it holds
+        *base,
+        "--group",
+        f"{unique_name}_3",
+        "--collection",
+        unique_name + "_{output}",
+        "--output",
+        "LOGITS",
     )
     assert reembed.returncode == 0, reembed.stderr[-3000:]
     assert count_rows(milvus_uri, new) == len(messages)
@@ -276,3 +289,44 @@ def test_model_and_collection_mismatch_is_fatal_then_reembed_and_promote(
         client = MilvusClient(milvus_uri)
         assert client.describe_alias(alias)["collection_name"] == target
         client.close()
+    # readers of the alias now search the re-embedded collection
+    env = {**os.environ, "MILVUS_URI": milvus_uri, "TRITON_URL": triton_grpc_url}
+    found = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "consumer",
+            "search",
+            "--collection",
+            alias,
+            "--output",
+            "LOGITS",
+            "--top-k",
+            "1",
+            str(photo_dir / f"{messages[1]['id']}.jpg"),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        env=env,
+    )
+    assert found.returncode == 0, found.stderr
+    assert orjson.loads(found.stdout.splitlines()[0])["id"] == messages[1]["id"]
+    refused = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "consumer",
+            "search",
+            "--collection",
+            alias,
+            "--top-k",
+            "1",
+            str(photo_dir / f"{messages[1]['id']}.jpg"),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        env=env,
+    )
+    assert refused.returncode == 1 and "another model" in refused.stderr

@@ -140,6 +140,14 @@ def test_dependencies_come_from_the_lock_file(image: str, lock: str) -> None:
     assert (ROOT / lock).exists()
 
 
+def test_serving_caches_compilations_in_a_writable_directory() -> None:
+    stage = final_stage(parse(DOCKERFILES["serving"]))
+    cmd = json.loads(next(ins for ins in stage if ins.keyword == "CMD").args)
+    cache_dir = cmd[cmd.index("--cache-dir") + 1]
+    runs = " ".join(ins.args for ins in stage if ins.keyword == "RUN")
+    assert f"mkdir -p {cache_dir}" in runs and "chown" in runs
+
+
 def test_serving_finds_libpython() -> None:
     stage = final_stage(parse(DOCKERFILES["serving"]))
     env = " ".join(ins.args for ins in stage if ins.keyword == "ENV")

@@ -412,6 +412,11 @@ def test_consumer_args_come_from_values(render: Callable[..., Rendered]) -> None
     assert config["TRITON_URL"] == "grpc://triton.ml:8001"
     assert config["MILVUS_URI"] == "http://milvus.db:19530"
     assert config["KAFKA_BOOTSTRAP_SERVERS"] == "kafka:9092"
+    # `kubectl exec ... python -m consumer check` sees the same settings as `run`.
+    assert config["IMAGE_EMBEDDER_TOPIC"] == "photos"
+    assert config["IMAGE_EMBEDDER_GROUP"] == "photo-embedder"
+    assert config["IMAGE_EMBEDDER_COLLECTION"] == "photo_vectors"
+    assert config["IMAGE_EMBEDDER_DLQ_TOPIC"] == "photos.dlq"
 
 
 def test_model_server_becomes_the_default_triton(render: Callable[..., Rendered]) -> None:
@@ -424,6 +429,13 @@ def test_model_server_becomes_the_default_triton(render: Callable[..., Rendered]
     (container,) = server["spec"]["template"]["spec"]["containers"]
     assert container["readinessProbe"]["httpGet"]["path"] == "/v2/models/efficientnet_lite0/ready"
     assert option_after(container["args"], "--host") == "0.0.0.0"
+    # The compilation cache goes to a writable volume (the root filesystem is read-only).
+    cache_dir = option_after(container["args"], "--cache-dir")
+    spec = server["spec"]["template"]["spec"]
+    mounted = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert "emptyDir" in volumes[mounted[cache_dir]]
+    assert volumes[mounted["/dev/shm"]]["emptyDir"]["medium"] == "Memory"
     # Component labels keep the two Deployments' selectors apart.
     consumer_sel = rendered.one("Deployment", FULLNAME)["spec"]["selector"]["matchLabels"]
     server_labels = server["spec"]["template"]["metadata"]["labels"]
@@ -662,3 +674,20 @@ def test_values_schema_rejects_malformed_values(
     result = render_result(sets=[pair])
     assert result.returncode != 0
     assert pair.split("=")[0].split(".")[-1] in result.stderr
+
+
+def test_every_environment_variable_names_a_consumer_setting(
+    render: Callable[..., Rendered],
+) -> None:
+    """The chart and consumer/settings.py agree: no variable the consumer would ignore."""
+    from consumer.settings import ENV_PREFIX, Settings
+
+    rendered = render([ALL_ON_KEDA])
+    names = set(rendered_config(rendered))
+    for _, spec in pod_specs(rendered):
+        for container in spec["containers"]:
+            names |= {env["name"] for env in container.get("env", [])}
+    prefixed = {n for n in names if n.startswith(ENV_PREFIX)}
+    assert len(prefixed) >= 15
+    unknown = {n for n in prefixed if n[len(ENV_PREFIX) :].lower() not in Settings.model_fields}
+    assert not unknown
