@@ -28,7 +28,7 @@ from pytriton.decorators import batch
 from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
 from pytriton.triton import Triton, TritonConfig
 
-from serving.contract import preprocessing as contract
+from schemas import preprocessing as contract
 from serving.exceptions import FatalWeightsError
 from serving.model import EfficientNetLite0, default_cache_dir, enable_compilation_cache
 from serving.weights import default_weights_path, load_legacy_state_dict
@@ -55,13 +55,14 @@ class ServerOptions:
 
 
 def _chunk_sizes(text: str) -> tuple[int, ...]:
+    """``"1,2 4"`` -> ``(1, 2, 4)``; 1 is always included so that every batch splits exactly."""
     try:
-        sizes = tuple(sorted({int(part) for part in text.replace(",", " ").split()}))
+        sizes = {int(part) for part in text.replace(",", " ").split()}
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a list of integers: {text!r}") from None
-    if not sizes or sizes[0] < 1 or sizes[-1] > contract.MAX_BATCH:
-        raise argparse.ArgumentTypeError(f"chunk sizes must lie in 1..{contract.MAX_BATCH}")
-    return sizes if 1 in sizes else (1, *sizes)
+        raise ValueError(f"--chunk-sizes: not a list of integers: {text!r}") from None
+    if not sizes or min(sizes) < 1 or max(sizes) > contract.MAX_BATCH:
+        raise ValueError(f"--chunk-sizes: sizes must lie in 1..{contract.MAX_BATCH}")
+    return tuple(sorted(sizes | {1}))
 
 
 def parse_args(argv: Sequence[str] | None = None) -> ServerOptions:
@@ -85,10 +86,11 @@ def parse_args(argv: Sequence[str] | None = None) -> ServerOptions:
     )
     parser.add_argument(
         "--chunk-sizes",
-        type=_chunk_sizes,
-        default=defaults.chunk_sizes,
-        help="batch sizes compiled at start-up; a larger batch runs as chunks of these, largest "
-        "first (1 is always added; default: %(default)s)",
+        nargs="+",
+        metavar="N",
+        help="batch sizes compiled at start-up, e.g. '1 2' or '1,2'; a larger batch runs as "
+        "chunks of these, largest first (1 is always added; default: "
+        f"{' '.join(map(str, defaults.chunk_sizes))})",
     )
     parser.add_argument(
         "--weights",
@@ -104,13 +106,19 @@ def parse_args(argv: Sequence[str] | None = None) -> ServerOptions:
         help="how long Triton waits for in-flight requests when stopping (default: %(default)s)",
     )
     ns = parser.parse_args(argv)
+    try:
+        chunk_sizes = (
+            _chunk_sizes(" ".join(ns.chunk_sizes)) if ns.chunk_sizes else defaults.chunk_sizes
+        )
+    except ValueError as exc:
+        parser.error(str(exc))
     return ServerOptions(
         host=ns.host,
         http_port=ns.http_port,
         grpc_port=ns.grpc_port,
         metrics_port=ns.metrics_port,
         cache_dir=ns.cache_dir,
-        chunk_sizes=ns.chunk_sizes,
+        chunk_sizes=chunk_sizes,
         weights=ns.weights,
         exit_timeout_s=ns.exit_timeout_s,
     )

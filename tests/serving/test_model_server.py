@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
+import psutil
 import pytest
 import tritonclient.grpc as grpcclient
 from skimage import data as photos
@@ -141,3 +146,23 @@ def test_concurrent_requests_batched_by_triton_match_single_results(
         results = list(pool.map(one, range(len(images))))
 
     np.testing.assert_allclose(np.stack(results), reference, atol=1e-4)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_stops_server_and_triton(start_triton: Callable[..., Any], sig: int) -> None:
+    """A server of this test's own: one signal stops it, with Triton and the backend stub."""
+    server = start_triton()
+    children = psutil.Process(server.pid).children(recursive=True)
+    assert any("tritonserver" in c.name() for c in children)
+
+    os.kill(server.pid, sig)
+    deadline = time.monotonic() + 120  # a bound against hanging, not a speed requirement
+    while server.running() and time.monotonic() < deadline:
+        time.sleep(0.2)
+
+    assert not server.running()
+    _gone, alive = psutil.wait_procs(children, timeout=10)
+    assert alive == [], [p.pid for p in alive]
+    log = server.log_file.read_text(errors="replace")
+    assert f"signal {signal.Signals(sig).name} received, stopping" in log
+    assert "Traceback" not in log

@@ -253,6 +253,7 @@ def test_state_that_is_not_a_dict_of_tensors_is_refused(
         (b"PK\x03\x04" + b"\x00" * 60, "zip-format"),
         (b"", "malformed"),
     ],
+    ids=["bad-magic", "zip", "empty"],
 )
 def test_not_a_legacy_checkpoint(content: bytes, message: str) -> None:
     with pytest.raises(FatalWeightsError, match=message):
