@@ -254,23 +254,21 @@ def _publish_items(
     )
     limiter = RateLimiter(rate, publisher)
     with _progress(out, f"publishing to {topic}", total) as bar:
+        # the bar counts acknowledged (or failed) messages, so its rate is the delivery rate
+        advance = None if bar is None else (lambda *_: bar.advance(bar.task_ids[0]))
         for item in items:
             if item.message is None:
                 invalid += 1
                 out.err(f"invalid {item.where}: {item.error}")
-                if bar is not None:
-                    bar.advance(bar.task_ids[0])
+                if advance is not None:
+                    advance()
                 continue
             limiter.wait()
             ref = redact_uri(item.message.uri) if item.message.uri else item.message.id
-            publisher.send_message(topic, item.message, ref=ref)
+            publisher.send_message(topic, item.message, ref=ref, on_delivery=advance)
             sent += 1
-            if bar is not None:
-                bar.advance(bar.task_ids[0])
         if bar is not None and publisher.pending:
-            bar.update(
-                bar.task_ids[0], description=f"waiting for {publisher.pending} delivery reports"
-            )
+            bar.update(bar.task_ids[0], description=f"{topic}: waiting for delivery reports")
         result = publisher.wait(timeout_s + 5.0)
     seconds = time.monotonic() - started
     for failure in result.failed:
@@ -281,9 +279,10 @@ def _publish_items(
         f"({per_s:,.0f}/s); {len(result.failed)} not delivered; {invalid} invalid inputs"
     )
     typer.echo(summary, err=True)
-    if result.failed and result.delivered == 0 and publisher.broker_errors:
+    if result.failed and result.delivered == 0 and publisher.last_broker_error:
         raise _fail(
-            f"nothing delivered; Kafka at {bootstrap_servers}: {publisher.broker_errors[-1]}"
+            f"nothing delivered: Kafka at {bootstrap_servers} unreachable or refusing "
+            f"({publisher.last_broker_error})"
         )
     if result.failed:
         raise _fail(f"{len(result.failed)} messages not delivered to {topic} (listed above)")

@@ -132,6 +132,7 @@ class Publisher:
         self._failed: list[Delivery] = []
         self._delivered = 0
         self._broker_errors: dict[str, None] = {}  # insertion-ordered set
+        self._last_specific_error: str | None = None
         self._started = time.monotonic()
 
     # -- sending ----------------------------------------------------------------------------
@@ -289,16 +290,24 @@ class Publisher:
 
     def _on_error(self, err: KafkaError) -> None:
         text = self.mask(err.str())
-        if err.code() == KafkaError._ALL_BROKERS_DOWN:
-            text = f"no broker of {self.bootstrap_servers} reachable ({text})"
-        self._broker_errors.setdefault(text, None)
+        self._broker_errors.pop(text, None)  # keep the most recent last
+        self._broker_errors[text] = None
+        if err.code() != KafkaError._ALL_BROKERS_DOWN:
+            self._last_specific_error = text
         log.debug("kafka client error: %s", text)
+
+    @property
+    def last_broker_error(self) -> str | None:
+        """The most telling recent client error (a connection failure rather than "all brokers
+        are down"), or ``None``."""
+        if self._last_specific_error is not None:
+            return self._last_specific_error
+        return next(reversed(self._broker_errors), None)
 
     def _with_broker_errors(self, reason: str) -> str:
         reason = self.mask(reason)
-        if self._broker_errors:
-            return f"{reason}; last client error: {next(reversed(self._broker_errors))}"
-        return reason
+        last = self.last_broker_error
+        return f"{reason}; last client error: {last}" if last else reason
 
 
 class RateLimiter:

@@ -149,7 +149,8 @@ class Redriver:
                 mask_secrets(f"invalid Kafka settings: {exc.args[0]}", self._config)
             ) from None
         self._publisher = publisher
-        if publisher is None and not options.dry_run:
+        self._owns_publisher = publisher is None and not options.dry_run
+        if self._owns_publisher:
             self._publisher = Publisher(
                 bootstrap_servers,
                 kafka_config=self._config,
@@ -201,6 +202,8 @@ class Redriver:
             return
         self._closed = True
         self._consumer.close()
+        if self._owns_publisher and self._publisher is not None:
+            self._publisher.close()
 
     # -- internals --------------------------------------------------------------------------
 

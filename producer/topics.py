@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import (
     AdminClient,
     AlterConfigOpType,
     ConfigEntry,
     ConfigResource,
     NewTopic,
+    OffsetSpec,
 )
 
 from producer.exceptions import InvalidInput, KafkaUnavailable, TopicConflict
@@ -113,7 +115,35 @@ def create_topics(
             outcomes.append(_ensure_retention(admin, name, existing, dlq_retention_ms, timeout_s))
         else:
             outcomes.append(TopicOutcome(name, "exists", existing))
+    _wait_for_leaders(admin, list(wanted), timeout_s)
     return outcomes
+
+
+def _wait_for_leaders(admin: AdminClient, names: list[str], timeout_s: float) -> None:
+    """Return once every partition of ``names`` answers an offset query, so the topics are
+    usable at once (metadata may name a leader a moment before that leader serves)."""
+    deadline = time.monotonic() + timeout_s
+    last_error = "no metadata"
+    while time.monotonic() < deadline:
+        metadata = admin.list_topics(timeout=timeout_s)
+        wanted: dict[TopicPartition, OffsetSpec] = {}
+        for name in names:
+            info = metadata.topics.get(name)
+            if info is None or info.error is not None or not info.partitions:
+                wanted = {}
+                last_error = f"{name}: {info.error if info else 'unknown topic'}"
+                break
+            for p in info.partitions:
+                wanted[TopicPartition(name, p)] = OffsetSpec.latest()
+        if wanted:
+            try:
+                for future in admin.list_offsets(wanted, request_timeout=timeout_s).values():
+                    future.result(timeout_s)
+                return
+            except KafkaException as exc:
+                last_error = exc.args[0].str()
+        time.sleep(0.1)
+    raise KafkaUnavailable(f"{', '.join(names)} not usable after {timeout_s:g} s: {last_error}")
 
 
 def _check_reachable(

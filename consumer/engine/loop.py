@@ -675,6 +675,7 @@ class Engine:
                     key=raw.key,
                     value=raw.value,
                     headers=headers,
+                    timestamp=raw.kafka_ts,  # a redriven record keeps its age (stale guard)
                     on_delivery=callback,
                 )
                 break

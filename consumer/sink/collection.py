@@ -7,8 +7,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from consumer.sink.exceptions import CollectionMismatchError, SinkUnavailableError
+from schemas import MAX_ID_LENGTH
 
-ID_MAX_LENGTH = 512
+ID_MAX_LENGTH = MAX_ID_LENGTH
 URI_MAX_LENGTH = 4096
 _PROP = "image_embedder."
 

@@ -1,4 +1,4 @@
-"""Reading a whole topic back, with keys, headers and timestamps (the helpers of the producer tests)."""
+"""Reading a whole topic back with keys, headers and timestamps, for the producer tests."""
 
 from __future__ import annotations
 

@@ -12,10 +12,10 @@ from moto.server import ThreadedMotoServer
 from typer.testing import CliRunner
 
 from devstack import free_port
-from kafka_records import read_all
 from producer.cli import app
 from producer.sources import MessageOptions, items_from_scan, scan
 from schemas import decode_message
+from tests.producer.kafka_records import read_all
 
 BUCKET = "photos-bucket"
 OBJECTS = {

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import re
+import shutil
 import string
+import subprocess
 from typing import Any
 
 import jsonschema
@@ -10,10 +13,10 @@ import orjson
 import pytest
 from hypothesis import HealthCheck, find, given, settings
 from hypothesis import strategies as st
-from image_v1_corpus import CASES, as_bytes
 
 from schemas import InvalidMessage, decode_message
 from schemas import message as m
+from tests.schemas.image_v1_corpus import CASES, as_bytes
 
 VALIDATOR = jsonschema.Draft202012Validator(m.json_schema())
 
@@ -245,3 +248,46 @@ def test_generator_reaches_both_verdicts() -> None:
             lambda doc, want=want: verdict(doc) is want,
             settings=settings(max_examples=5000, database=None),
         )
+
+
+_NODE_PROBE = """
+const input = JSON.parse(require("fs").readFileSync(0, "utf8"));
+const out = input.cases.map(([name, text]) => new RegExp(input.patterns[name], "u").test(text));
+process.stdout.write(JSON.stringify(out));
+"""
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
+def test_patterns_behave_the_same_in_ecma262() -> None:
+    """Other languages use ECMA-262 regular expressions (unicode mode): same verdicts as Python."""
+    schema = m.json_schema()["properties"]
+    patterns = {
+        "id": schema["id"]["pattern"],
+        "uri": schema["uri"]["pattern"],
+        "key": schema["metadata"]["propertyNames"]["pattern"],
+    }
+    cases: list[tuple[str, str]] = []
+    for _name, value, _expected in CASES:
+        if isinstance(value, dict):
+            for field in ("id", "uri"):
+                if isinstance(value.get(field), str):
+                    cases.append((field, value[field]))
+            if isinstance(value.get("metadata"), dict):
+                cases += [("key", k) for k in value["metadata"]]
+    cases += [
+        ("uri", "https://e.com/a\n"),
+        ("id", "a\n"),
+        ("key", "k\n"),
+        ("uri", "https://e.com/\u00e9"),
+    ]
+    proc = subprocess.run(
+        ["node", "-e", _NODE_PROBE],
+        input=orjson.dumps({"patterns": patterns, "cases": cases}),
+        capture_output=True,
+        timeout=60,
+        check=True,
+    )
+    ecma = orjson.loads(proc.stdout)
+    python = [re.search(patterns[name], text) is not None for name, text in cases]
+    assert ecma == python
+    assert any(python) and not all(python)

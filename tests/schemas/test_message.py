@@ -9,7 +9,6 @@ import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from image_v1_corpus import CASES, as_bytes
 
 import schemas
 from schemas import (
@@ -23,6 +22,7 @@ from schemas import (
     normalize_uri,
 )
 from schemas.message import MAX_ID_LENGTH, METADATA_MAX_BYTES
+from tests.schemas.image_v1_corpus import CASES, as_bytes
 
 
 @pytest.mark.parametrize(("name", "value", "expected"), CASES, ids=[c[0] for c in CASES])
