@@ -194,6 +194,16 @@ class MilvusWriter:
                 if self._on_retry:
                     self._on_retry(exc, delay)
                 self._abort.wait(delay)
+                self._reload_if_released(exc)
+
+    def _reload_if_released(self, exc: Exception) -> None:
+        """A restarted Milvus serves a collection only after it is loaded again."""
+        text = str(exc).lower()
+        if "released" in text or "not loaded" in text or "load" in text:
+            try:
+                self._client.load_collection(self._collection)
+            except Exception as load_exc:  # still down: the next attempt retries
+                log.warning("milvus load_collection failed: %s", load_exc)
 
     def _write(self, group: list[WriteOp]) -> list[WriteResult]:
         results: list[WriteResult] = []

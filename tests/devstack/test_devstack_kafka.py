@@ -8,9 +8,9 @@ from collections.abc import Callable
 
 import orjson
 import pytest
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, Producer, TopicPartition
 
-from devstack import KafkaServer, ServerError
+from devstack import KafkaServer, ServerError, TcpProxy, free_port
 from devstack.kafka import KAFKA_VERSION, POM_FILE, kafka_libs_ready, random_cluster_id
 from tests.support.kafka import committed_offsets, create_topic, end_offsets, produce_json
 
@@ -24,9 +24,10 @@ def test_pom_pins_the_version_devstack_runs() -> None:
 
 
 def test_cluster_ids_are_kafka_uuids() -> None:
-    ids = {random_cluster_id() for _ in range(20)}
-    assert len(ids) == 20
+    ids = {random_cluster_id() for _ in range(2000)}
+    assert len(ids) == 2000
     assert all(len(i) == 22 and "=" not in i for i in ids)
+    assert not any(i.startswith("-") for i in ids)  # would read as an option to kafka-storage
 
 
 def _consumer(bootstrap: str, group: str) -> Consumer:
@@ -109,8 +110,31 @@ def test_start_on_a_busy_port_names_kafka_and_its_log(start_kafka: StartKafka) -
     assert "kafka.log" in str(info.value)
 
 
+@pytest.mark.integration
 def test_bad_config_fails_fast_with_the_log_tail(start_kafka: StartKafka) -> None:
     with pytest.raises(ServerError) as info:
         start_kafka(extra_config={"num.partitions": "not-a-number"})
     assert info.value.server == "kafka"
     assert "num.partitions" in info.value.log_tail
+
+
+@pytest.mark.integration
+def test_clients_can_be_routed_through_a_proxy(start_kafka: StartKafka, unique_name: str) -> None:
+    port = free_port()
+    with TcpProxy("127.0.0.1", port) as proxy:
+        start_kafka(port=port, advertised_port=proxy.port)
+        via = proxy.address
+        create_topic(via, unique_name)
+        proxy.set_delay(0.05)
+        produce_json(via, unique_name, [{"id": "a"}])
+
+        proxy.set_down(True)
+        failures: list[object] = []
+        producer = Producer({"bootstrap.servers": via, "message.timeout.ms": 3000, "log_level": 0})
+        producer.produce(unique_name, b"{}", on_delivery=lambda err, _msg: failures.append(err))
+        producer.flush(30)
+        assert len(failures) == 1 and failures[0] is not None  # not delivered while down
+
+        proxy.set_down(False)
+        produce_json(via, unique_name, [{"id": "b"}])
+        assert end_offsets(via, unique_name) == {0: 2}

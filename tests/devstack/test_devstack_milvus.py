@@ -64,6 +64,7 @@ def test_shared_server_answers(milvus_uri: str, unique_name: str) -> None:
     assert count_rows(milvus_uri, unique_name) == 3
 
 
+@pytest.mark.integration
 def test_second_server_on_a_locked_data_dir_fails_with_its_log(
     start_milvus: StartMilvus, tmp_path: Path
 ) -> None:
