@@ -107,14 +107,33 @@ def _decode_jpeg_fast(data: bytes, min_shorter_px: int, max_pixels: int) -> np.n
         return None
     _check_pixels(width, height, max_pixels, "JPEG")
     orientation = _jpeg_orientation(data)
-    minimum = max(min_shorter_px, 0)
+    factor = dct_scale_factor(width, height, min_shorter_px)
     try:
         array = simplejpeg.decode_jpeg(
-            data, colorspace="RGB", min_height=minimum, min_width=minimum, strict=True
+            data,
+            colorspace="RGB",
+            min_height=-(-height // factor),
+            min_width=-(-width // factor),
+            strict=True,
         )
     except ValueError:
         return None
     return _orient(array, orientation)
+
+
+def dct_scale_factor(width: int, height: int, min_shorter_px: int) -> int:
+    """The largest of 8, 4, 2 (else 1) that keeps the shorter side >= ``min_shorter_px``.
+
+    libjpeg-turbo can also scale by N/8 for other N, but those paths are slower than a full
+    decode (measured: 7/8 took 2.4x the time of 1/1), so only powers of two are used.
+    """
+    if min_shorter_px <= 0:
+        return 1
+    shorter = min(width, height)
+    for factor in (8, 4, 2):
+        if -(-shorter // factor) >= min_shorter_px:
+            return factor
+    return 1
 
 
 def _jpeg_orientation(data: bytes) -> int:

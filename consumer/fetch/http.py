@@ -18,10 +18,11 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Final
+from urllib.parse import urlsplit
 
 import httpx
 
-from consumer.fetch.addresses import AddressGuard
+from consumer.fetch.addresses import AddressGuard, parse_numeric_host
 from consumer.fetch.exceptions import (
     FetchError,
     FetchFailed,
@@ -39,7 +40,6 @@ from consumer.fetch.transport import GuardedTransport
 from schemas.redaction import redact_uri
 
 _REDIRECTS: Final = frozenset({301, 302, 303, 307, 308})
-_CHUNK_BYTES: Final = 64 * 1024
 _HTTP_SCHEMES: Final = frozenset({"http", "https"})
 
 
@@ -93,6 +93,8 @@ class HttpDownloader:
         try:
             url = httpx.URL(uri)
         except (httpx.InvalidURL, TypeError, ValueError):
+            if _has_numeric_host(uri):  # e.g. "0177.0.0.1", which httpx will not parse
+                raise ForbiddenAddress(f"ambiguous numeric host in {shown}") from None
             raise FetchFailed(f"invalid URL {shown}") from None
         deadline = time.monotonic() + policy.total_timeout_s
         attempt = 0
@@ -208,7 +210,7 @@ class HttpDownloader:
                 raise TooLarge(f"{shown} is larger than the {limit} bytes allowed")
             body.extend(data)
 
-        for chunk in resp.iter_raw(_CHUNK_BYTES):
+        for chunk in resp.iter_raw():
             if time.monotonic() > deadline:
                 raise FetchTimeout(
                     f"total timeout of {self._policy.total_timeout_s:g} s passed while "
@@ -277,6 +279,17 @@ def _describe(exc: httpx.HTTPError) -> str:
             detail = str(exc).split("\n", 1)[0][:120]
             return f"{text} ({detail})" if detail and "://" not in detail else text
     return type(exc).__name__
+
+
+def _has_numeric_host(uri: str) -> bool:
+    try:
+        host = urlsplit(uri).hostname
+    except ValueError:
+        return False
+    try:
+        return host is not None and parse_numeric_host(host) is not None
+    except ForbiddenAddress:
+        return True
 
 
 def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
