@@ -58,15 +58,17 @@ class MilvusServer(ServerProcess):
         return [self.port]
 
     def identity(self) -> list[str]:
-        return ["milvus-lite", "server", str(self.data_dir)]
+        return ["devstack.milvus_lite_server", str(self.data_dir)]
 
     def command(self) -> list[str]:
         script = milvus_lite_script()
         if not script.is_file():
             raise self.error(f"{script} not found (is milvus-lite installed in this venv?)")
+        # milvus-lite's own server, started through a launcher that sets a ping policy
         return [
-            str(script),
-            "server",
+            sys.executable,
+            "-m",
+            "devstack.milvus_lite_server",
             "--data-dir",
             str(self.data_dir),
             "--host",
@@ -76,7 +78,9 @@ class MilvusServer(ServerProcess):
         ]
 
     def environment(self) -> dict[str, str]:
-        return {**os.environ, "PYTHONUNBUFFERED": "1"}
+        root = str(Path(__file__).resolve().parent.parent)
+        path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
+        return {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": path}
 
     def prepare(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)

@@ -181,9 +181,28 @@ def configure_logging(
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(_level_number(level))
+    _adopt_library_loggers()
     for name in _CHATTY_LOGGERS:
         logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
     return chosen
+
+
+#: Libraries that install handlers of their own at import (and stop propagation), which would
+#: bypass the JSON rendering and the secret redaction.
+_SELF_CONFIGURED_LOGGERS = ("pymilvus", "pymilvus.milvus_client", "pymilvus.bulk_writer")
+
+
+def _adopt_library_loggers() -> None:
+    """Send pymilvus's records through the root handler (rendered and redacted like ours)."""
+    try:
+        import pymilvus.settings  # noqa: F401 - its import configures the loggers we undo here
+    except ImportError:  # pragma: no cover - pymilvus is a dependency of the service
+        return
+    for name in _SELF_CONFIGURED_LOGGERS:
+        lib = logging.getLogger(name)
+        for old in list(lib.handlers):
+            lib.removeHandler(old)
+        lib.propagate = True
 
 
 def get_logger(name: str | None = None) -> structlog.stdlib.BoundLogger:
