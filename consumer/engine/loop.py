@@ -722,6 +722,8 @@ class Engine:
         if not force and now - self._last_commit < self.settings.commit_interval_s:
             return
         self._last_commit = now
+        for topic, part in self._assigned:  # the written-but-not-committed gap, before commit
+            self.metrics.set_uncommitted(topic, part, self._tracker.uncommitted((topic, part)))
         self._commit(sorted(self._assigned))
 
     def _commit(self, keys: list[PartitionKey]) -> bool:

@@ -71,7 +71,7 @@ def test_up_is_idempotent_and_down_stops_everything(stack: Stack) -> None:
     os.killpg(milvus_pid, 9)
     assert _states(stack.status(PAIR))["milvus"] == "not-running"
     third = stack.up(PAIR)
-    assert _states(third) == {"kafka": "reused", "milvus": "started"}
+    assert _states(third) == {"kafka": "reused", "milvus": "started"}, third
     assert _pids(third)["kafka"] == pids["kafka"]
     assert _pids(third)["milvus"] != milvus_pid
 
