@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,11 +89,23 @@ class MilvusCollection:
         """Create the collection when missing; check the contract of an existing one.
 
         Returns True when it was created. Raises ``CollectionMismatchError`` on any difference.
+        Consumers may start together on a new collection: the contract is recorded by the very
+        request that creates it, and one that loses the race to create it uses the winner's.
         """
-        if self.client.has_collection(self.name):
+        created = False
+        if not self.client.has_collection(self.name):
+            try:
+                self._create(contract)
+                created = True
+            except Exception:
+                if not self.client.has_collection(self.name):
+                    raise
+        if not created:
             self.check(contract)
-            self.client.load_collection(self.name)
-            return False
+        self._load()
+        return created
+
+    def _create(self, contract: CollectionContract) -> None:
         from pymilvus import DataType, MilvusClient
 
         schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
@@ -108,11 +121,23 @@ class MilvusCollection:
         index = self.client.prepare_index_params()
         index.add_index(field_name="embedding", index_type="AUTOINDEX", metric_type="COSINE")
         self.client.create_collection(
-            self.name, schema=schema, index_params=index, consistency_level="Strong"
+            self.name,
+            schema=schema,
+            index_params=index,
+            consistency_level="Strong",
+            properties=contract.properties(),
         )
-        self.client.alter_collection_properties(self.name, properties=contract.properties())
-        self.client.load_collection(self.name)
-        return True
+
+    def _load(self, attempts: int = 8) -> None:
+        """Load for queries; retried while a consumer that just created it is still indexing."""
+        for attempt in range(attempts):
+            try:
+                self.client.load_collection(self.name)
+                return
+            except Exception:
+                if attempt == attempts - 1:
+                    raise
+                time.sleep(min(2.0, 0.1 * 2**attempt))
 
     def recorded(self) -> dict[str, str]:
         """The contract properties stored with the collection."""

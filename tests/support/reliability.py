@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -343,3 +345,158 @@ def metric(text: str, name: str, labels: str = "") -> float:
         if series.split("{", 1)[0] == name and labels in series:
             total += float(value)
     return total
+
+
+# -- a local HTTP server for fetch faults ----------------------------------------------------------
+
+Route = Callable[[BaseHTTPRequestHandler], None]
+
+
+class LocalHttpServer:
+    """A threaded HTTP server on a loopback address whose paths run the given ``routes``.
+
+    It counts accepted connections and requests per path, so a test can prove that a refused
+    URI never reached it. Unknown paths answer 404.
+    """
+
+    def __init__(self, routes: Mapping[str, Route], host: str = "127.0.0.1", port: int = 0):
+        self.routes = dict(routes)
+        self.connections = 0
+        self.requests: dict[str, int] = {}
+        self.released = threading.Event()  # set at stop: handlers that hang return
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                path = self.path.split("?", 1)[0]
+                outer.requests[path] = outer.requests.get(path, 0) + 1
+                route = outer.routes.get(path)
+                try:
+                    if route is None:
+                        self.send_error(404)
+                    else:
+                        route(self)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up (size limit, timeout): expected
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        class Server(ThreadingHTTPServer):
+            daemon_threads = True
+
+            def verify_request(self, request: Any, client_address: Any) -> bool:
+                outer.connections += 1
+                return True
+
+        self._server = Server((host, port), Handler)
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def port(self) -> int:
+        return int(self._server.server_address[1])
+
+    def url(self, path: str) -> str:
+        host = self._server.server_address[0]
+        return f"http://{host}:{self.port}{path}"
+
+    def start(self) -> LocalHttpServer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.released.set()
+        self._server.shutdown()
+        self._server.server_close()
+
+    def __enter__(self) -> LocalHttpServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def send_bytes(data: bytes, content_type: str = "image/jpeg") -> Route:
+    """A route answering 200 with ``data``."""
+
+    def route(handler: BaseHTTPRequestHandler) -> None:
+        handler.send_response(200)
+        handler.send_header("Content-Type", content_type)
+        handler.send_header("Content-Length", str(len(data)))
+        handler.end_headers()
+        handler.wfile.write(data)
+
+    return route
+
+
+def send_status(code: int) -> Route:
+    """A route answering ``code`` with an empty body."""
+
+    def route(handler: BaseHTTPRequestHandler) -> None:
+        handler.send_response(code)
+        handler.send_header("Content-Length", "0")
+        handler.end_headers()
+
+    return route
+
+
+def send_redirect(location: str) -> Route:
+    """A route answering 302 to ``location``."""
+
+    def route(handler: BaseHTTPRequestHandler) -> None:
+        handler.send_response(302)
+        handler.send_header("Location", location)
+        handler.send_header("Content-Length", "0")
+        handler.end_headers()
+
+    return route
+
+
+def send_slowly(data: bytes, delay_s: float, started: threading.Event) -> Route:
+    """A route that sets ``started``, waits ``delay_s``, then answers 200 with ``data``."""
+
+    def route(handler: BaseHTTPRequestHandler) -> None:
+        started.set()
+        time.sleep(delay_s)
+        send_bytes(data)(handler)
+
+    return route
+
+
+def send_endless(total_bytes: int, declare_length: bool) -> Route:
+    """A route streaming ``total_bytes`` zero bytes, generated on the fly (never on disk)."""
+    chunk = b"\0" * (1024 * 1024)
+
+    def route(handler: BaseHTTPRequestHandler) -> None:
+        handler.send_response(200)
+        handler.send_header("Content-Type", "image/jpeg")
+        if declare_length:
+            handler.send_header("Content-Length", str(total_bytes))
+        handler.end_headers()
+        sent = 0
+        while sent < total_bytes:
+            piece = chunk[: min(len(chunk), total_bytes - sent)]
+            handler.wfile.write(piece)
+            sent += len(piece)
+
+    return route
+
+
+class SilentServer:
+    """A loopback port that accepts TCP connections (kernel backlog) and never answers."""
+
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._sock.bind((host, 0))
+        self._sock.listen(64)
+        self.host = host
+
+    @property
+    def port(self) -> int:
+        return int(self._sock.getsockname()[1])
+
+    def url(self, path: str) -> str:
+        return f"http://{self.host}:{self.port}{path}"
+
+    def close(self) -> None:
+        self._sock.close()
