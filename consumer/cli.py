@@ -203,6 +203,7 @@ def run(
         f"ingested={summary.ingested} dead_lettered={summary.dead_lettered} "
         f"deleted={summary.deleted} skipped_stale={summary.skipped_stale} "
         f"superseded={summary.superseded} seconds={summary.seconds:.1f} "
+        f"startup_seconds={summary.startup_seconds:.1f} "
         f"images_per_second={summary.images_per_second:.1f}"
     )
 

@@ -119,6 +119,18 @@ class _Fetching:
     future: Future[np.ndarray]
 
 
+@dataclass(slots=True)
+class _DeadLetterJob:
+    """One dead letter on its way to the dead-letter topic (retried until delivered)."""
+
+    ref: Ref
+    stage: Stage | str
+    error_type: ErrorType | str
+    text: str
+    attempts: int = 0
+    due: float = 0.0
+
+
 @dataclass
 class RunSummary:
     """Counts per outcome for one run; printed at the end and written with --summary-json."""
@@ -129,7 +141,8 @@ class RunSummary:
     skipped_stale: int = 0
     superseded: int = 0
     seconds: float = 0.0
-    images_per_second: float = 0.0
+    startup_seconds: float = 0.0  # connecting, checking the model, compiling, joining the group
+    images_per_second: float = 0.0  # ingested rows per second from the first message on
     dead_letters_by_type: dict[str, int] = field(default_factory=dict)
     committed: dict[str, int] = field(default_factory=dict)
 
@@ -196,11 +209,13 @@ class Engine:
         self._ready_since = 0.0
         self._infer_in_flight = 0
         self._dlq_pending = 0
+        self._dlq_retry: list[_DeadLetterJob] = []
         self._paused = False
         self._stop = threading.Event()
         self._abort = threading.Event()
         self._fatal: BaseException | None = None
         self._last_commit = 0.0
+        self._first_message_at: float | None = None
         self._sigint_count = 0
         self._start_spec = parse_start(settings.start_from) if settings.start_from else None
         self._bounded = settings.until_end or settings.until is not None
@@ -301,10 +316,13 @@ class Engine:
                 self._drain()
         finally:
             self._close()
-            self.summary.seconds = round(time.monotonic() - started, 3)
-            images = self.summary.ingested
+            ended = time.monotonic()
+            first = self._first_message_at or ended
+            self.summary.seconds = round(ended - started, 3)
+            self.summary.startup_seconds = round(first - started, 3)
+            busy = ended - first
             self.summary.images_per_second = (
-                round(images / self.summary.seconds, 2) if self.summary.seconds else 0.0
+                round(self.summary.ingested / busy, 2) if busy > 0 else 0.0
             )
         if self._fatal is not None:
             raise EngineFatalError(str(self._fatal)) from self._fatal
@@ -358,6 +376,7 @@ class Engine:
         """Everything but polling: results, fetch completions, preprocessing, dead letters."""
         if self._producer is not None:
             self._producer.poll(0)
+            self._resend_due_dead_letters()
         self._drain_results()
         self._collect_fetches()
         self._dispatch_inference()
@@ -400,6 +419,8 @@ class Engine:
                 self._reached.add(key)
             self._intake(ref, message)
         if good:
+            if self._first_message_at is None:
+                self._first_message_at = time.monotonic()
             self._limiter.take(good)
             self.metrics.observe_batch_size(good)
 
@@ -651,23 +672,36 @@ class Engine:
     def _dead_letter(
         self, ref: Ref, stage: Stage | str, error_type: ErrorType | str, text: str
     ) -> None:
-        if not self._is_current(ref):
+        """Send the original record to the dead-letter topic; its offset finishes on delivery."""
+        if not self._is_current(ref) or ref not in self._raw:
             return
-        raw = self._raw.get(ref)
-        if raw is None:
+        self._dlq_pending += 1
+        log.info(
+            "dead-lettering",
+            topic=ref.topic,
+            partition=ref.partition,
+            offset=ref.offset,
+            stage=str(stage),
+            error_type=str(error_type),
+            reason=text[:300],
+        )
+        self._send_dead_letter(_DeadLetterJob(ref, stage, error_type, text))
+
+    def _send_dead_letter(self, job: _DeadLetterJob) -> None:
+        raw = self._raw.get(job.ref)
+        if raw is None or not self._is_current(job.ref):
+            self._dlq_pending -= 1  # the partition moved on: the new owner redoes it
             return
         assert self._producer is not None
         headers = dead_letter_headers(
-            stage=Stage(stage),
-            error_type=ErrorType(error_type),
-            message=text,
-            source_topic=ref.topic,
-            source_partition=ref.partition,
-            source_offset=ref.offset,
+            stage=Stage(job.stage),
+            error_type=ErrorType(job.error_type),
+            message=job.text,
+            source_topic=job.ref.topic,
+            source_partition=job.ref.partition,
+            source_offset=job.ref.offset,
             redrive_count=raw.redrive_count,
         )
-        self._dlq_pending += 1
-        callback = partial(self._on_dlq_delivery, ref, stage, error_type, text)
         while True:
             try:
                 self._producer.produce(
@@ -676,30 +710,46 @@ class Engine:
                     value=raw.value,
                     headers=headers,
                     timestamp=raw.kafka_ts,  # a redriven record keeps its age (stale guard)
-                    on_delivery=callback,
+                    on_delivery=partial(self._on_dlq_delivery, job),
                 )
-                break
+                return
             except BufferError:
                 self._producer.poll(0.1)
-        log.info(
-            "dead-lettered",
-            topic=ref.topic,
-            partition=ref.partition,
-            offset=ref.offset,
-            stage=str(stage),
-            error_type=str(error_type),
-            reason=text[:300],
-        )
+            except KafkaException as exc:
+                self._retry_dead_letter(job, str(exc))
+                return
 
-    def _on_dlq_delivery(
-        self, ref: Ref, stage: Any, error_type: Any, text: str, err: KafkaError | None, msg: Any
-    ) -> None:
-        self._dlq_pending -= 1
-        if err is not None:
-            log.warning("dead-letter delivery failed, retrying", error=str(err))
-            self.metrics.record_retry(RetryOperation.KAFKA_COMMIT)
-            self._dead_letter(ref, stage, error_type, text)
+    def _retry_dead_letter(self, job: _DeadLetterJob, error: str) -> None:
+        """Try again later, with backoff: the offset stays uncommitted until it is delivered."""
+        job.attempts += 1
+        self.metrics.record_retry(RetryOperation.KAFKA_COMMIT)
+        if job.attempts == 1 or job.attempts % 10 == 0:
+            log.warning(
+                "dead-letter delivery failed; retrying",
+                attempt=job.attempts,
+                dlq_topic=self.settings.dead_letter_topic,
+                error=error,
+            )
+        delay = min(30.0, 0.2 * 2 ** min(job.attempts, 10))
+        job.due = time.monotonic() + random.uniform(delay / 2, delay)
+        self._dlq_retry.append(job)
+
+    def _resend_due_dead_letters(self) -> None:
+        if not self._dlq_retry:
             return
+        now = time.monotonic()
+        due = [job for job in self._dlq_retry if job.due <= now]
+        if due:
+            self._dlq_retry = [job for job in self._dlq_retry if job.due > now]
+            for job in due:
+                self._send_dead_letter(job)
+
+    def _on_dlq_delivery(self, job: _DeadLetterJob, err: KafkaError | None, msg: Any) -> None:
+        if err is not None:
+            self._retry_dead_letter(job, str(err))
+            return
+        self._dlq_pending -= 1
+        ref, error_type = job.ref, job.error_type
         if not self._is_current(ref):
             return
         self.summary.dead_lettered += 1
