@@ -119,6 +119,10 @@ class _Fetching:
     future: Future[np.ndarray]
 
 
+_InferItem = tuple[Ref, ImageMessage, int]
+"""One message on its way through inference: its reference, the message, its Kafka timestamp."""
+
+
 @dataclass(slots=True)
 class _DeadLetterJob:
     """One dead letter on its way to the dead-letter topic (retried until delivered)."""
@@ -507,47 +511,13 @@ class Engine:
                 assert self._infer_pool is not None
                 self._infer_pool.submit(self._infer_task, items, arr)
 
-    def _infer_task(self, items: list[tuple[Ref, ImageMessage, int]], arr: np.ndarray) -> None:
+    def _infer_task(self, items: list[_InferItem], arr: np.ndarray) -> None:
         """Inference thread: Triton (retried while unavailable), normalize, hand rows on."""
         try:
             vectors = self._infer_with_retry(items, arr)
-            if vectors is None:
-                return
-            crash_point("after_infer")
-            started = time.perf_counter()
-            unit, valid = l2_normalize(vectors)
-            self.metrics.observe_stage("normalize", time.perf_counter() - started)
-            ops: list[WriteOp] = []
-            now_ms = int(time.time() * 1000)
-            assert self._spec is not None
-            model_label = f"{self._spec.name}/{self._spec.version}"
-            for (ref, msg, kafka_ts), vec, ok in zip(items, unit, valid, strict=True):
-                if not ok:
-                    self._results.put(
-                        (
-                            "dead",
-                            ref,
-                            Stage.NORMALIZE,
-                            ErrorType.INVALID_EMBEDDING,
-                            "the model returned a NaN, infinite or zero vector",
-                        )
-                    )
-                    continue
-                row = {
-                    "id": msg.id,
-                    "embedding": vec.tolist(),
-                    "uri": redact_uri(msg.uri or "")[:URI_MAX_LENGTH],
-                    "metadata": msg.metadata,
-                    "model": model_label,
-                    "ingested_at": now_ms,
-                    "kafka_ts": kafka_ts,
-                    "kafka_partition": ref.partition,
-                    "kafka_offset": ref.offset,
-                }
-                ops.append(WriteOp(ref, msg.id, kafka_ts, row))
-            if ops:
-                assert self._writer is not None
-                self._writer.submit(ops)
+            if vectors is not None:
+                crash_point("after_infer")
+                self._hand_on(items, vectors)
         except Exception as exc:  # never lose track of a batch: report it as failed input
             log.error("inference task failed", error=repr(exc))
             for ref, _, _ in items:
@@ -555,9 +525,39 @@ class Engine:
         finally:
             self._results.put(("infer_done",))
 
-    def _infer_with_retry(
-        self, items: list[tuple[Ref, ImageMessage, int]], arr: np.ndarray
-    ) -> np.ndarray | None:
+    def _hand_on(self, items: list[_InferItem], vectors: np.ndarray) -> None:
+        """Normalize; valid rows go to the writer, degenerate vectors to the dead-letter topic."""
+        started = time.perf_counter()
+        unit, valid = l2_normalize(vectors)
+        self.metrics.observe_stage("normalize", time.perf_counter() - started)
+        assert self._spec is not None and self._writer is not None
+        model_label = f"{self._spec.name}/{self._spec.version}"
+        now_ms = int(time.time() * 1000)
+        ops: list[WriteOp] = []
+        for (ref, msg, kafka_ts), vec, ok in zip(items, unit, valid, strict=True):
+            if not ok:
+                reason = "the model returned a NaN, infinite or zero vector"
+                self._results.put(
+                    ("dead", ref, Stage.NORMALIZE, ErrorType.INVALID_EMBEDDING, reason)
+                )
+                continue
+            row = {
+                "id": msg.id,
+                "embedding": vec.tolist(),
+                "uri": redact_uri(msg.uri or "")[:URI_MAX_LENGTH],
+                "metadata": msg.metadata,
+                "model": model_label,
+                "ingested_at": now_ms,
+                "kafka_ts": kafka_ts,
+                "kafka_partition": ref.partition,
+                "kafka_offset": ref.offset,
+            }
+            ops.append(WriteOp(ref, msg.id, kafka_ts, row))
+        if ops:
+            self._writer.submit(ops)
+
+    def _infer_with_retry(self, items: list[_InferItem], arr: np.ndarray) -> np.ndarray | None:
+        """Vectors for ``arr``; None when the input was refused (then handled image by image)."""
         assert self._triton is not None
         attempt = 0
         while not self._abort.is_set():
@@ -581,41 +581,13 @@ class Engine:
                         ("dead", ref, Stage.INFER, ErrorType.MODEL_REJECTED, str(exc))
                     )
                     return None
-                # find the bad input: one request per image
+                # find the refused input: one request per image, the others go on as usual
                 for i, item in enumerate(items):
                     single = self._infer_with_retry([item], arr[i : i + 1])
                     if single is not None:
-                        self._infer_single_rest(item, single)
+                        self._hand_on([item], single)
                 return None
         return None
-
-    def _infer_single_rest(self, item: tuple[Ref, ImageMessage, int], vector: np.ndarray) -> None:
-        ref, msg, kafka_ts = item
-        unit, valid = l2_normalize(vector)
-        if not valid[0]:
-            self._results.put(
-                (
-                    "dead",
-                    ref,
-                    Stage.NORMALIZE,
-                    ErrorType.INVALID_EMBEDDING,
-                    "the model returned a NaN, infinite or zero vector",
-                )
-            )
-            return
-        assert self._spec is not None and self._writer is not None
-        row = {
-            "id": msg.id,
-            "embedding": unit[0].tolist(),
-            "uri": redact_uri(msg.uri or "")[:URI_MAX_LENGTH],
-            "metadata": msg.metadata,
-            "model": f"{self._spec.name}/{self._spec.version}",
-            "ingested_at": int(time.time() * 1000),
-            "kafka_ts": kafka_ts,
-            "kafka_partition": ref.partition,
-            "kafka_offset": ref.offset,
-        }
-        self._writer.submit([WriteOp(ref, msg.id, kafka_ts, row)])
 
     # ============================================================================= results
     def _drain_results(self) -> None:

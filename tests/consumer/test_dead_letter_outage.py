@@ -16,28 +16,9 @@ from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, C
 
 from devstack import free_port
 from tests.support.kafka import committed_offsets, create_topic, produce_json
+from tests.support.reliability import metric, wait_until
 
 pytestmark = pytest.mark.integration
-
-
-def _metric(text: str, name: str, labels: str) -> float:
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith("#") or " " not in line:
-            continue
-        series, value = line.rsplit(" ", 1)
-        if series.split("{", 1)[0] == name and labels in series:
-            total += float(value)
-    return total
-
-
-def _wait(predicate, what: str, timeout_s: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_refused_dead_letter_blocks_commits_until_it_is_delivered(
@@ -97,22 +78,22 @@ def test_refused_dead_letter_blocks_commits_until_it_is_delivered(
                 except httpx.HTTPError:
                     return ""
 
-            _wait(
+            wait_until(
                 lambda: (
-                    _metric(scrape(), "image_embedder_messages_total", 'outcome="ingested"') >= 1
+                    metric(scrape(), "image_embedder_messages_total", 'outcome="ingested"') >= 1
                 ),
                 "the good message",
             )
-            _wait(
+            wait_until(
                 lambda: (
-                    _metric(scrape(), "image_embedder_retries_total", 'operation="kafka_commit"')
+                    metric(scrape(), "image_embedder_retries_total", 'operation="kafka_commit"')
                     >= 2
                 ),
                 "dead-letter retries",
             )
             time.sleep(2.5)  # more than two commit intervals: a wrong commit would have happened
             assert committed_offsets(kafka_bootstrap, unique_name, unique_name).get(0, 0) == 0
-            assert _metric(scrape(), "image_embedder_dead_letters_total", "") == 0
+            assert metric(scrape(), "image_embedder_dead_letters_total", "") == 0
 
             admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
             resource = ConfigResource(
@@ -127,13 +108,12 @@ def test_refused_dead_letter_blocks_commits_until_it_is_delivered(
             for future in admin.incremental_alter_configs([resource]).values():
                 future.result(timeout=30)
 
-            _wait(
+            wait_until(
                 lambda: committed_offsets(kafka_bootstrap, unique_name, unique_name).get(0) == 2,
                 "the commit after the dead letter was delivered",
             )
             assert (
-                _metric(scrape(), "image_embedder_dead_letters_total", 'error_type="not_found"')
-                == 1
+                metric(scrape(), "image_embedder_dead_letters_total", 'error_type="not_found"') == 1
             )
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(timeout=60) == 0, log_file.read_text()[-3000:]

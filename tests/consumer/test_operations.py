@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -15,29 +14,9 @@ import pytest
 from devstack import free_port
 from tests.consumer.conftest import photo_messages
 from tests.support.kafka import committed_offsets, create_topic, end_offsets, produce_json
+from tests.support.reliability import metric, wait_until
 
 pytestmark = pytest.mark.integration
-
-
-def _metric(text: str, name: str, labels: str = "") -> float:
-    """Sum of the samples of metric ``name`` whose label text contains ``labels``."""
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith("#") or " " not in line:
-            continue
-        series, value = line.rsplit(" ", 1)
-        if series.split("{", 1)[0] == name and labels in series:
-            total += float(value)
-    return total
-
-
-def _wait(predicate, timeout_s: float = 120.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_metrics_move_probes_answer_and_sigterm_drains(
@@ -96,23 +75,23 @@ def test_metrics_move_probes_answer_and_sigterm_drains(
             except httpx.HTTPError:
                 return False
 
-        _wait(ready, what="/readyz")
+        wait_until(ready, what="/readyz")
         assert httpx.get(f"{base}/livez", timeout=5).status_code == 200
         produce_json(kafka_bootstrap, unique_name, [*messages, *bad])
-        _wait(
+        wait_until(
             lambda: (
-                _metric(scrape(), "image_embedder_messages_total", 'outcome="ingested"')
+                metric(scrape(), "image_embedder_messages_total", 'outcome="ingested"')
                 >= len(messages)
             ),
             what="ingested counter",
         )
         text = scrape()
-        assert _metric(text, "image_embedder_dead_letters_total", 'error_type="not_found"') == 1
+        assert metric(text, "image_embedder_dead_letters_total", 'error_type="not_found"') == 1
         for stage in ("fetch", "decode", "preprocess", "infer", "normalize", "write"):
             assert (
-                _metric(text, "image_embedder_stage_duration_seconds_count", f'stage="{stage}"') > 0
+                metric(text, "image_embedder_stage_duration_seconds_count", f'stage="{stage}"') > 0
             ), stage
-        assert _metric(text, "image_embedder_batch_size_count") > 0
+        assert metric(text, "image_embedder_batch_size_count") > 0
         assert "image_embedder_build_info{" in text
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=120) == 0
