@@ -162,6 +162,9 @@ class Settings(BaseSettings):
     resume_fraction: float = Field(default=0.5, gt=0, lt=1)
     drain_timeout_s: float = Field(default=30.0, gt=0)
     canvas_px: int = Field(default=512, ge=contract.RESIZE_SHORTER_PX)
+    #: Compiled batch shapes of the JAX step; a micro-batch runs in chunks of the largest.
+    #: Small chunks measured about 35% cheaper per image than 8-32 on one CPU core.
+    preprocess_buckets: tuple[int, ...] = (1, 2, 4)
     compilation_cache_dir: Path | None = Path(".cache/jax")
 
     # --- operations -------------------------------------------------------------------------

@@ -1051,8 +1051,9 @@ def make_preprocessor(s: Settings) -> Any:
     """Build and warm the JAX preprocessor (main thread; the only JAX entry point)."""
     from consumer.preprocess.jaxprep import Preprocessor
 
-    buckets = sorted({1, min(8, s.batch_size), s.batch_size})
-    pre = Preprocessor(canvas_px=s.canvas_px, buckets=buckets, cache_dir=s.compilation_cache_dir)
+    pre = Preprocessor(
+        canvas_px=s.canvas_px, buckets=s.preprocess_buckets, cache_dir=s.compilation_cache_dir
+    )
     pre.warm_up()
     return pre
 
