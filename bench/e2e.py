@@ -261,6 +261,8 @@ class _Mark:
     harness_cpu_s: float
     cpu_busy_s: list[float]
     threads: dict[int, tuple[str, float]] = field(default_factory=dict)
+    rows_in_flight: float = 0.0
+    paused: bool = False
 
 
 def _busy_per_cpu() -> list[float]:
@@ -350,7 +352,10 @@ def run_backlog(
             metrics = consumer.scrape() or metrics
             ingested = consumer.ingested(metrics)
             rss_peak_sampled = max(rss_peak_sampled, status_kib(consumer.pid, "VmRSS"))
-            marks.append(_mark(consumer, ingested, server_pids))
+            mark = _mark(consumer, ingested, server_pids)
+            mark.rows_in_flight = _gauge(metrics, f"{PREFIX}_rows_in_flight")
+            mark.paused = _gauge(metrics, f"{PREFIX}_paused_partitions") > 0
+            marks.append(mark)
             handled = ingested + consumer.dead_lettered(metrics)
             if handled >= messages or time.monotonic() - started >= limit:
                 break
@@ -375,6 +380,7 @@ def run_backlog(
     }
     groups = thread_groups(consumer.pid, first.threads, last.threads)
     ingested = consumer.ingested(metrics)
+    steady = [m for m in marks if first.t <= m.t <= last.t]
     return {
         "messages": messages,
         "ingested": ingested,
@@ -394,8 +400,15 @@ def run_backlog(
         "peak_rss_mib": round(peak_kib / 1024, 1),
         "peak_rss_sampled_mib": round(rss_peak_sampled / 1024, 1),
         "batch_size_mean": _mean_batch(metrics or {}),
+        "rows_in_flight_mean": round(sum(m.rows_in_flight for m in steady) / len(steady), 1),
+        "paused_share": round(sum(m.paused for m in steady) / len(steady), 3),
         "stage_profile": stage_profile(metrics or {}, ingested),
     }
+
+
+def _gauge(metrics: dict[str, Any] | None, name: str) -> float:
+    """The value of an unlabelled gauge in a scrape (0 when absent)."""
+    return float(sum((metrics or {}).get(name, {}).values()))
 
 
 def _mean_batch(metrics: dict[str, Any]) -> float | None:
