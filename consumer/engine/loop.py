@@ -615,10 +615,6 @@ class Engine:
         """Mark one message durably handled (main thread)."""
         if not self._is_current(ref):
             return
-        self._tracker.finished(ref.key, ref.offset)
-        raw = self._raw.pop(ref, None)
-        if raw is not None and raw.id is not None:
-            self._registry.release(raw.id)
         if outcome == "written":
             self.summary.ingested += 1
             self.metrics.record_outcome(Outcome.INGESTED)
@@ -630,8 +626,7 @@ class Engine:
             self.metrics.record_outcome(Outcome.SKIPPED_STALE)
         elif outcome == "superseded":
             self.summary.superseded += 1
-        if self._on_progress is not None:
-            self._on_progress(self._done_count(), self._total_count())
+        self._retire(ref)
 
     def _done_count(self) -> int:
         s = self.summary
@@ -728,9 +723,10 @@ class Engine:
         key = str(error_type)
         self.summary.dead_letters_by_type[key] = self.summary.dead_letters_by_type.get(key, 0) + 1
         self.metrics.record_dead_letter(error_type)
-        self._finish_dead(ref)
+        self._retire(ref)
 
-    def _finish_dead(self, ref: Ref) -> None:
+    def _retire(self, ref: Ref) -> None:
+        """The message is durably handled: its offset may commit, its id bookkeeping ends."""
         self._tracker.finished(ref.key, ref.offset)
         raw = self._raw.pop(ref, None)
         if raw is not None and raw.id is not None:

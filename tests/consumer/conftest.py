@@ -49,6 +49,28 @@ def photo_messages(photo_dir: Path) -> list[dict[str, Any]]:
     ]
 
 
+def start_consumer(
+    args: list[str], *, kafka: str, milvus: str, triton: str, log_file: Path
+) -> subprocess.Popen[bytes]:
+    """Start ``python -m consumer run ARGS --log-format json`` in the background.
+
+    Its log (stderr) goes to ``log_file``; the caller stops or kills the process.
+    """
+    env = {
+        **os.environ,
+        "KAFKA_BOOTSTRAP_SERVERS": kafka,
+        "MILVUS_URI": milvus,
+        "TRITON_URL": triton,
+    }
+    with log_file.open("w") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "consumer", "run", *args, "--log-format", "json"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
+
+
 @dataclass
 class ConsumerRun:
     returncode: int

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -14,6 +11,7 @@ import psutil
 import pytest
 
 from devstack import TcpProxy, free_port
+from tests.consumer.conftest import start_consumer
 from tests.support.kafka import committed_offsets, create_topic, end_offsets, produce_json
 from tests.support.milvus import rows_by_id
 
@@ -42,18 +40,8 @@ def test_slow_milvus_pauses_partitions_and_loses_nothing(
     create_topic(kafka_bootstrap, unique_name, partitions=2)
     produce_json(kafka_bootstrap, unique_name, messages)
     port = free_port()
-    env = {
-        **os.environ,
-        "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
-        "MILVUS_URI": f"http://127.0.0.1:{proxy.port}",
-        "TRITON_URL": triton_grpc_url,
-    }
-    proc = subprocess.Popen(
+    proc = start_consumer(
         [
-            sys.executable,
-            "-m",
-            "consumer",
-            "run",
             "--topic",
             unique_name,
             "--group",
@@ -69,12 +57,11 @@ def test_slow_milvus_pauses_partitions_and_loses_nothing(
             "8",
             "--batch-size",
             "4",
-            "--log-format",
-            "json",
         ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=open(tmp_path / "consumer.log", "w"),  # noqa: SIM115 - open for the process's life
+        kafka=kafka_bootstrap,
+        milvus=f"http://127.0.0.1:{proxy.port}",
+        triton=triton_grpc_url,
+        log_file=tmp_path / "consumer.log",
     )
     peak_rss = 0
     max_paused = 0.0

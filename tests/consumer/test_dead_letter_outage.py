@@ -3,10 +3,7 @@ once the topic accepts it, the record is delivered and the offsets move on."""
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,6 +12,7 @@ import pytest
 from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource
 
 from devstack import free_port
+from tests.consumer.conftest import start_consumer
 from tests.support.kafka import committed_offsets, create_topic, produce_json
 from tests.support.reliability import metric, wait_until
 
@@ -39,84 +37,67 @@ def test_refused_dead_letter_blocks_commits_until_it_is_delivered(
     good = {"id": "coffee", "uri": (photo_dir / "coffee.jpg").as_uri()}
     produce_json(kafka_bootstrap, unique_name, [poison, good])
     port = free_port()
-    env = {
-        **os.environ,
-        "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
-        "MILVUS_URI": milvus_uri,
-        "TRITON_URL": triton_grpc_url,
-    }
     log_file = tmp_path / "consumer.log"
-    with log_file.open("w") as log:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "consumer",
-                "run",
-                "--topic",
-                unique_name,
-                "--group",
-                unique_name,
-                "--collection",
-                unique_name,
-                "--file-root",
-                str(photo_dir),
-                "--metrics-port",
-                str(port),
-                "--log-format",
-                "json",
-            ],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=log,
+    proc = start_consumer(
+        [
+            "--topic",
+            unique_name,
+            "--group",
+            unique_name,
+            "--collection",
+            unique_name,
+            "--file-root",
+            str(photo_dir),
+            "--metrics-port",
+            str(port),
+        ],
+        kafka=kafka_bootstrap,
+        milvus=milvus_uri,
+        triton=triton_grpc_url,
+        log_file=log_file,
+    )
+    try:
+
+        def scrape() -> str:
+            try:
+                return httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+            except httpx.HTTPError:
+                return ""
+
+        wait_until(
+            lambda: metric(scrape(), "image_embedder_messages_total", 'outcome="ingested"') >= 1,
+            "the good message",
         )
-        try:
+        wait_until(
+            lambda: (
+                metric(scrape(), "image_embedder_retries_total", 'operation="kafka_commit"') >= 2
+            ),
+            "dead-letter retries",
+        )
+        time.sleep(2.5)  # more than two commit intervals: a wrong commit would have happened
+        assert committed_offsets(kafka_bootstrap, unique_name, unique_name).get(0, 0) == 0
+        assert metric(scrape(), "image_embedder_dead_letters_total", "") == 0
 
-            def scrape() -> str:
-                try:
-                    return httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
-                except httpx.HTTPError:
-                    return ""
+        admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+        resource = ConfigResource(
+            ConfigResource.Type.TOPIC,
+            dlq,
+            incremental_configs=[
+                ConfigEntry(
+                    "max.message.bytes", "1048576", incremental_operation=AlterConfigOpType.SET
+                )
+            ],
+        )
+        for future in admin.incremental_alter_configs([resource]).values():
+            future.result(timeout=30)
 
-            wait_until(
-                lambda: (
-                    metric(scrape(), "image_embedder_messages_total", 'outcome="ingested"') >= 1
-                ),
-                "the good message",
-            )
-            wait_until(
-                lambda: (
-                    metric(scrape(), "image_embedder_retries_total", 'operation="kafka_commit"')
-                    >= 2
-                ),
-                "dead-letter retries",
-            )
-            time.sleep(2.5)  # more than two commit intervals: a wrong commit would have happened
-            assert committed_offsets(kafka_bootstrap, unique_name, unique_name).get(0, 0) == 0
-            assert metric(scrape(), "image_embedder_dead_letters_total", "") == 0
-
-            admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
-            resource = ConfigResource(
-                ConfigResource.Type.TOPIC,
-                dlq,
-                incremental_configs=[
-                    ConfigEntry(
-                        "max.message.bytes", "1048576", incremental_operation=AlterConfigOpType.SET
-                    )
-                ],
-            )
-            for future in admin.incremental_alter_configs([resource]).values():
-                future.result(timeout=30)
-
-            wait_until(
-                lambda: committed_offsets(kafka_bootstrap, unique_name, unique_name).get(0) == 2,
-                "the commit after the dead letter was delivered",
-            )
-            assert (
-                metric(scrape(), "image_embedder_dead_letters_total", 'error_type="not_found"') == 1
-            )
-            proc.send_signal(signal.SIGTERM)
-            assert proc.wait(timeout=60) == 0, log_file.read_text()[-3000:]
-        finally:
-            if proc.poll() is None:
-                proc.kill()
+        wait_until(
+            lambda: committed_offsets(kafka_bootstrap, unique_name, unique_name).get(0) == 2,
+            "the commit after the dead letter was delivered",
+        )
+        assert metric(scrape(), "image_embedder_dead_letters_total", 'error_type="not_found"') == 1
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0, log_file.read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from devstack import free_port
-from tests.consumer.conftest import photo_messages
+from tests.consumer.conftest import photo_messages, start_consumer
 from tests.support.kafka import committed_offsets, create_topic, end_offsets, produce_json
 from tests.support.reliability import metric, wait_until
 
@@ -33,18 +33,8 @@ def test_metrics_move_probes_answer_and_sigterm_drains(
     bad = [{"id": "nope", "uri": (photo_dir / "missing.jpg").as_uri()}]
     create_topic(kafka_bootstrap, unique_name, partitions=2)
     port = free_port()
-    env = {
-        **os.environ,
-        "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
-        "MILVUS_URI": milvus_uri,
-        "TRITON_URL": triton_grpc_url,
-    }
-    proc = subprocess.Popen(
+    proc = start_consumer(
         [
-            sys.executable,
-            "-m",
-            "consumer",
-            "run",
             "--topic",
             unique_name,
             "--group",
@@ -55,13 +45,11 @@ def test_metrics_move_probes_answer_and_sigterm_drains(
             str(photo_dir),
             "--metrics-port",
             str(port),
-            "--log-format",
-            "json",
         ],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=open(tmp_path / "consumer.log", "w"),  # noqa: SIM115 - open for the process's life
-        text=True,
+        kafka=kafka_bootstrap,
+        milvus=milvus_uri,
+        triton=triton_grpc_url,
+        log_file=tmp_path / "consumer.log",
     )
     base = f"http://127.0.0.1:{port}"
     try:
