@@ -79,3 +79,36 @@ def test_refuses_to_run_off_the_main_thread(pre: Preprocessor) -> None:
     thread.start()
     thread.join()
     assert len(errors) == 1 and isinstance(errors[0], PreprocessThreadError)
+
+
+def _dense_reference(canvas: np.ndarray, side: int) -> np.ndarray:
+    """The same resize through ``jax.image.scale_and_translate`` (dense weight matrices)."""
+    import jax
+
+    factor = 256 / side
+    out = jax.image.scale_and_translate(
+        canvas.astype(np.float32),
+        (224, 224, 3),
+        (0, 1),
+        np.array([factor, factor], np.float32),
+        np.array([-16.0, -16.0], np.float32),
+        method="linear",
+        antialias=True,
+    )
+    return np.asarray(np.clip(out, 0, 255)) / 127.5 - 1
+
+
+@pytest.mark.parametrize("canvas_px", [256, 384, 512, 1024])
+def test_sparse_filter_equals_jax_image_scale_and_translate(canvas_px: int) -> None:
+    rng = np.random.default_rng(canvas_px)
+    picks = {64, 255, 256, 257, canvas_px - 1, canvas_px, *rng.integers(64, canvas_px, 4)}
+    sides = sorted(int(s) for s in picks if s <= canvas_px)
+    pre = Preprocessor(canvas_px=canvas_px, buckets=(len(sides),))
+    squares = [rng.integers(0, 256, (s, s, 3), dtype=np.uint8) for s in sides]
+    batch = pre(squares)
+    for side, square, out in zip(sides, squares, batch, strict=True):
+        canvas = np.zeros((canvas_px, canvas_px, 3), np.uint8)
+        canvas[:side, :side] = square
+        # float32 sums in another order: within 0.013 of a grey level
+        expected = _dense_reference(canvas, side)
+        np.testing.assert_allclose(out, expected, atol=1e-4, err_msg=str(side))
