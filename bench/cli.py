@@ -37,6 +37,8 @@ from bench.layout import (
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SECTIONS = ("stages", "naive", "e2e", "latency", "memory", "unpinned")
+#: Triton setting of the bracketing ceiling when the stage sweep is skipped (its usual best).
+DEFAULT_CEILING = (4, 16)
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -65,6 +67,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--latency-phase-s", type=float, help="seconds per load level (30)")
     parser.add_argument("--latency-fractions", type=_floats, default=(0.5, 0.8, 0.95))
+    parser.add_argument(
+        "--ceiling-window-s",
+        type=float,
+        help="Triton ceiling window just before and just after the end-to-end run (default 15)",
+    )
     parser.add_argument("--partitions", type=int, default=4, help="partitions per topic")
     parser.add_argument(
         "--http", action="store_true", help="serve the images over loopback HTTP, not file://"
@@ -96,6 +103,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "large_backlog": 200 if quick else 50_000,
         "memory_window_s": 15.0 if quick else 120.0,
         "latency_phase_s": 3.0 if quick else 30.0,
+        "ceiling_window_s": 1.0 if quick else 15.0,
     }
     for key, value in defaults.items():
         if getattr(args, key) is None:
@@ -361,11 +369,35 @@ def _run(args: argparse.Namespace, layout: CpuLayout) -> int:
                 release(target)
 
         if "e2e" not in args.skip:
+            best = (results.get("stages", {}).get("triton") or {}).get("best") or {}
+            threads = int(best.get("concurrency") or DEFAULT_CEILING[0])
+            batch = int(best.get("batch_size") or DEFAULT_CEILING[1])
+
+            def ceiling(when: str) -> dict[str, Any]:
+                point = clock.run(
+                    f"Triton ceiling {when} end to end ({threads} x {batch})",
+                    lambda: stages.measure_ceiling(
+                        endpoints.triton, threads, batch, args.ceiling_window_s
+                    ),
+                )
+                print(f"   {point['images_per_s']} images/s")
+                return point
+
+            before = ceiling("before")
             results["end_to_end"] = clock.run(
                 f"end to end ({'pinned' if layout.pinned else 'unpinned'})",
                 lambda: backlog_run("e2e", args.messages, rest_cpus, None),
             )
             _print_run(results["end_to_end"])
+            after = ceiling("after")
+            results["ceiling"] = {
+                "concurrency": threads,
+                "batch_size": batch,
+                "window_s": args.ceiling_window_s,
+                "before": before,
+                "after": after,
+                "images_per_s": round((before["images_per_s"] + after["images_per_s"]) / 2, 1),
+            }
 
         if "latency" not in args.skip:
             rate = (results.get("end_to_end") or {}).get("images_per_s")

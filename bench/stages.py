@@ -355,6 +355,20 @@ def _triton_point(triton: Any, arr: np.ndarray, threads: int, window_s: float) -
     }
 
 
+def _triton_client(triton_url: str) -> tuple[Any, Any]:
+    from consumer.inference import read_model_spec
+    from consumer.inference.client import TritonEndpoint
+
+    endpoint = TritonEndpoint(protocol="grpc", address=triton_url.split("://", 1)[-1])
+    return endpoint, read_model_spec(endpoint, contract.MODEL_NAME, "", contract.EMBEDDING_OUTPUT)
+
+
+def _triton_input(batch: int) -> np.ndarray:
+    rng = np.random.default_rng(3)
+    data = rng.uniform(-1, 1, (batch, contract.CROP_PX, contract.CROP_PX, 3))
+    return data.astype(np.float32)
+
+
 def measure_triton(
     triton_url: str,
     concurrency: Sequence[int],
@@ -368,14 +382,10 @@ def measure_triton(
     The client's own CPU per image (serializing 600 KB of float32 per image) is recorded too: on
     the consumer's core it is part of the price of each image.
     """
-    from consumer.inference import TritonInference, read_model_spec
-    from consumer.inference.client import TritonEndpoint
+    from consumer.inference import TritonInference
 
-    endpoint = TritonEndpoint(protocol="grpc", address=triton_url.split("://", 1)[-1])
-    spec = read_model_spec(endpoint, contract.MODEL_NAME, "", contract.EMBEDDING_OUTPUT)
-    rng = np.random.default_rng(3)
-    data = rng.uniform(-1, 1, (max(batches), contract.CROP_PX, contract.CROP_PX, 3))
-    data = data.astype(np.float32)
+    endpoint, spec = _triton_client(triton_url)
+    data = _triton_input(max(batches))
     grid = [(c, b) for c in concurrency for b in batches if c * b <= max_in_flight]
     best: dict[tuple[int, int], dict[str, Any]] = {}
     for _ in range(rounds):
@@ -393,3 +403,20 @@ def measure_triton(
         "sweep": points,
         "best": _best(points, "images_per_s"),
     }
+
+
+def measure_ceiling(triton_url: str, threads: int, batch: int, window_s: float) -> dict[str, Any]:
+    """Triton at one setting (the sweep's best) over one long window.
+
+    The end-to-end run is compared with this, taken just before and just after it on the same
+    servers: the sweep's best point is the maximum of many short windows, which on a shared
+    machine overstates what the model sustains over the half minute an end-to-end run lasts.
+    """
+    from consumer.inference import TritonInference
+
+    endpoint, spec = _triton_client(triton_url)
+    triton = TritonInference(endpoint, spec)
+    try:
+        return _triton_point(triton, _triton_input(batch), threads, window_s)
+    finally:
+        triton.close()

@@ -123,7 +123,8 @@ class Settings(BaseSettings):
     triton_ssl_private_key: str | None = None
     triton_ssl_certificate_chain: str | None = None
     infer_threads: int = Field(default=4, ge=1, le=64)
-    infer_batch_size: int = Field(default=8, ge=1, le=contract.MAX_BATCH)
+    #: 16 per request: the best point of the Triton sweep (docs/performance.md)
+    infer_batch_size: int = Field(default=16, ge=1, le=contract.MAX_BATCH)
 
     # --- Milvus -----------------------------------------------------------------------------
     milvus_uri: str = Field(

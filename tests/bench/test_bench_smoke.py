@@ -69,6 +69,7 @@ def test_quick_harness_writes_every_section(
         "end_to_end",
         "latency",
         "memory",
+        "ceiling",
         "ratios",
     ):
         assert section in results, f"no {section!r} section"
@@ -77,6 +78,11 @@ def test_quick_harness_writes_every_section(
     _positive(stages["preprocess"]["best"], "images_per_s", "batch_size")
     _positive(stages["milvus_upsert"]["best"], "rows_per_s", "rows_per_group")
     _positive(stages["triton"]["best"], "images_per_s", "concurrency", "batch_size")
+    ceiling = results["ceiling"]
+    _positive(ceiling, "images_per_s", "concurrency", "batch_size")
+    assert ceiling["concurrency"] == stages["triton"]["best"]["concurrency"]
+    _positive(ceiling["before"], "images_per_s")
+    _positive(ceiling["after"], "images_per_s")
     _positive(results["naive"], "images_per_s", "cpu_s_per_image")
     e2e = results["end_to_end"]
     _positive(e2e, "images_per_s", "cpu_s_per_image", "peak_rss_mib")
