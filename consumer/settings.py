@@ -122,8 +122,9 @@ class Settings(BaseSettings):
     triton_ssl_root_certificates: str | None = None
     triton_ssl_private_key: str | None = None
     triton_ssl_certificate_chain: str | None = None
-    infer_threads: int = Field(default=4, ge=1, le=64)
-    #: 16 per request: the best point of the Triton sweep (docs/performance.md)
+    #: Requests in flight at Triton (one client each); 8 x 16 images keeps a queue at the server
+    #: while answers are handed on, which 4 x 16 did not (docs/performance.md)
+    infer_threads: int = Field(default=8, ge=1, le=64)
     infer_batch_size: int = Field(default=16, ge=1, le=contract.MAX_BATCH)
 
     # --- Milvus -----------------------------------------------------------------------------
