@@ -108,6 +108,7 @@ def run(
     infer_threads: Annotated[int | None, typer.Option("--infer-threads")] = None,
     infer_batch_size: Annotated[int | None, typer.Option("--infer-batch-size")] = None,
     io_threads: Annotated[int | None, typer.Option("--io-threads")] = None,
+    io_nice: Annotated[int | None, typer.Option("--io-nice")] = None,
     max_rows_in_flight: Annotated[int | None, typer.Option("--max-rows-in-flight")] = None,
     flush_interval_s: Annotated[float | None, typer.Option("--flush-interval-s")] = None,
     kafka_config: Annotated[
@@ -153,6 +154,7 @@ def run(
         infer_threads=infer_threads,
         infer_batch_size=infer_batch_size,
         io_threads=io_threads,
+        io_nice=io_nice,
         max_rows_in_flight=max_rows_in_flight,
         flush_interval_s=flush_interval_s,
         kafka_config=kafka_config,

@@ -158,6 +158,10 @@ class Settings(BaseSettings):
     fetch_total_timeout_s: float = Field(default=30.0, gt=0)
     fetch_retries: int = Field(default=2, ge=0, le=10)
     io_threads: int = Field(default=8, ge=1, le=128)
+    #: Niceness added to the I/O threads (Linux; 0 = as the rest). Decoding has a buffer of
+    #: rows in flight; the main thread's dispatch and the inference threads do not, and on a
+    #: busy core they keep the model fed only if they win the CPU when they are runnable.
+    io_nice: int = Field(default=10, ge=0, le=19)
 
     # --- engine -----------------------------------------------------------------------------
     max_rows_in_flight: int = Field(default=256, ge=1)

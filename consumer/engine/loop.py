@@ -15,6 +15,7 @@ or acknowledged by the dead-letter topic), whatever order the work finishes in.
 from __future__ import annotations
 
 import contextlib
+import os
 import queue
 import random
 import signal
@@ -265,7 +266,12 @@ class Engine:
         self.metrics.set_build_info(model=self._spec.name, model_version=self._spec.version)
         self._preprocessor = make_preprocessor(s)
         self._fetcher = Fetcher(fetch_policy(s))
-        self._io_pool = ThreadPoolExecutor(s.io_threads, thread_name_prefix="io")
+        self._io_pool = ThreadPoolExecutor(
+            s.io_threads,
+            thread_name_prefix="io",
+            initializer=lower_thread_priority,
+            initargs=(s.io_nice,),
+        )
         self._infer_pool = ThreadPoolExecutor(s.infer_threads, thread_name_prefix="infer")
         self._writer = MilvusWriter(
             self._milvus,
@@ -1069,6 +1075,19 @@ def fetch_policy(s: Settings) -> FetchPolicy:
         total_timeout_s=s.fetch_total_timeout_s,
         retries=s.fetch_retries,
     )
+
+
+def lower_thread_priority(niceness: int) -> None:
+    """Make the calling thread ``niceness`` nicer (Linux: per-thread nice by thread id)."""
+    if niceness <= 0 or not sys.platform.startswith("linux"):
+        return
+    tid = threading.get_native_id()
+    try:
+        os.setpriority(
+            os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + niceness)
+        )
+    except OSError as exc:  # e.g. a seccomp profile that forbids it: run as we are
+        log.warning("could not lower the I/O threads' priority", error=str(exc))
 
 
 def now_iso() -> str:

@@ -1,7 +1,9 @@
-"""The JAX rule, proven end to end: no JAX frame ever runs outside the main thread."""
+"""Thread rules, proven end to end: no JAX frame ever runs outside the main thread, and the I/O
+threads run nicer than the threads that feed the model."""
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -38,10 +40,13 @@ def test_no_jax_frame_outside_the_main_thread(
     produce_json(kafka_bootstrap, unique_name, messages)
 
     records: list[tuple[str, str]] = []
+    niceness: dict[str, int] = {}
     main = threading.main_thread()
 
     def hook(frame: FrameType, event: str, arg: Any) -> None:
         thread = threading.current_thread()
+        if event == "call" and frame.f_code.co_name in ("_load", "_infer_task"):
+            niceness[thread.name] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
         if event == "call" and thread is not main and _is_jax_code(frame.f_code.co_filename):
             records.append((thread.name, frame.f_code.co_filename))
 
@@ -78,4 +83,12 @@ def test_no_jax_frame_outside_the_main_thread(
         sys.setprofile(None)
     assert summary.ingested == len(messages)
     assert count_rows(milvus_uri, unique_name) == len(messages)
+    # the I/O pool decodes from a buffer; the threads that feed Triton must win the CPU
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    io = {name: n for name, n in niceness.items() if name.startswith("io_")}
+    infer = {name: n for name, n in niceness.items() if name.startswith("infer_")}
+    assert io and infer, sorted(niceness)
+    if sys.platform.startswith("linux"):
+        assert set(io.values()) == {min(19, base + settings.io_nice)}, io
+    assert set(infer.values()) == {base}, infer
     assert records == [], f"JAX ran off the main thread: {records[:5]}"

@@ -37,3 +37,28 @@ def test_no_rate_means_no_limit() -> None:
     limiter = _RateLimiter(rate=None, burst=5)
     limiter.take(10**6)
     assert limiter.available() > 10**6 and limiter.wait_s() == 0
+
+
+def test_lower_thread_priority_changes_only_the_calling_thread() -> None:
+    import os
+    import sys
+    import threading
+
+    from consumer.engine.loop import lower_thread_priority
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("per-thread niceness is a Linux feature")
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    seen: list[int] = []
+
+    def work() -> None:
+        lower_thread_priority(3)
+        seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    thread.join()
+    assert seen == [min(19, base + 3)]
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == base
+    lower_thread_priority(0)  # 0: nothing to do
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == base
