@@ -345,7 +345,7 @@ def print_summary(results: dict[str, Any], table: dict[str, dict[str, Any]]) -> 
 def _level_label(level: dict[str, Any]) -> str:
     label = f"{int(level['load_fraction'] * 100)}% = {level['rate_per_s']}/s"
     other = (level.get("machine") or {}).get("other_cores_busy")
-    return label + (f"\nother load {other:.2f} cores" if other is not None else "")
+    return label + (f"\nother load {other:.2f}" if other is not None else "")
 
 
 def chart(results: dict[str, Any], path: Path) -> None:
@@ -410,7 +410,7 @@ def chart(results: dict[str, Any], path: Path) -> None:
                     ax.text(xi + width, v * 1.03, f"{v:.2f}", ha="center", fontsize=8)
         if max(lv.get("p99_s") or 0.0 for lv in levels) > 8.0:
             ax.set_yscale("log")  # an overloaded level would flatten the others
-        ax.set_xticks(x, [_level_label(lv) for lv in levels], fontsize=8)
+        ax.set_xticks(x, [_level_label(lv) for lv in levels], fontsize=7)
         ax.axhline(2.0, color="black", linestyle="--", linewidth=1)
         ax.text(len(levels) - 0.55, 2.03, "2 s target (p99 at 50%)", fontsize=8, ha="right")
         ax.set_ylabel("seconds")
