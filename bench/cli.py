@@ -37,7 +37,8 @@ from bench.layout import (
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SECTIONS = ("stages", "naive", "e2e", "latency", "memory", "unpinned")
-#: Triton setting of the bracketing ceiling when the stage sweep is skipped (its usual best).
+#: Triton setting of the bracketing ceiling when the stage sweep is skipped (one of the
+#: sweep's best points on the reference machine).
 DEFAULT_CEILING = (4, 16)
 
 

@@ -369,6 +369,19 @@ def _triton_input(batch: int) -> np.ndarray:
     return data.astype(np.float32)
 
 
+def _fresh_client_point(
+    endpoint: Any, spec: Any, arr: np.ndarray, threads: int, window_s: float
+) -> dict[str, Any]:
+    """``_triton_point`` through new clients (one per thread), closed afterwards."""
+    from consumer.inference import TritonInference
+
+    triton = TritonInference(endpoint, spec)
+    try:
+        return _triton_point(triton, arr, threads, window_s)
+    finally:
+        triton.close()
+
+
 def measure_triton(
     triton_url: str,
     concurrency: Sequence[int],
@@ -382,19 +395,13 @@ def measure_triton(
     The client's own CPU per image (serializing 600 KB of float32 per image) is recorded too: on
     the consumer's core it is part of the price of each image.
     """
-    from consumer.inference import TritonInference
-
     endpoint, spec = _triton_client(triton_url)
     data = _triton_input(max(batches))
     grid = [(c, b) for c in concurrency for b in batches if c * b <= max_in_flight]
     best: dict[tuple[int, int], dict[str, Any]] = {}
     for _ in range(rounds):
         for threads, batch in grid:
-            triton = TritonInference(endpoint, spec)
-            try:
-                point = _triton_point(triton, data[:batch], threads, window_s)
-            finally:
-                triton.close()
+            point = _fresh_client_point(endpoint, spec, data[:batch], threads, window_s)
             _keep_best(best, (threads, batch), point, "images_per_s")
     points = [best[key] for key in grid]
     return {
@@ -412,11 +419,5 @@ def measure_ceiling(triton_url: str, threads: int, batch: int, window_s: float) 
     servers: the sweep's best point is the maximum of many short windows, which on a shared
     machine overstates what the model sustains over the half minute an end-to-end run lasts.
     """
-    from consumer.inference import TritonInference
-
     endpoint, spec = _triton_client(triton_url)
-    triton = TritonInference(endpoint, spec)
-    try:
-        return _triton_point(triton, _triton_input(batch), threads, window_s)
-    finally:
-        triton.close()
+    return _fresh_client_point(endpoint, spec, _triton_input(batch), threads, window_s)
