@@ -41,8 +41,14 @@ $(KAFKA_STAMP): devstack/kafka/pom.xml | $(VENV)/.complete
 .PHONY: setup
 setup: $(VENV)/.complete $(SERVING_VENV)/.complete $(KAFKA_STAMP) ## Install the environments and Kafka
 
+# MinIO (the S3 test server, AGPL: tests and demo only) built with Go once per version into the
+# user's cache folder, outside the clone; a no-op once built.
+.PHONY: minio
+minio: $(VENV)/.complete ## Build the S3 test server (MinIO) into the user's cache, once
+	$(PY) -m devstack fetch-minio
+
 .PHONY: up
-up: setup ## Start Kafka, Milvus and Triton on their default ports (reuses running ones)
+up: setup minio ## Start Kafka, Milvus, Triton and MinIO on their default ports (reuses running ones)
 	$(PY) -m devstack up
 
 .PHONY: down
@@ -58,7 +64,7 @@ demo: setup ## Publish photos, ingest them, search with a crop (starts and stops
 	$(PY) -m devstack.demo
 
 .PHONY: test
-test: setup $(HELM_BIN) ## Run every test against real servers the tests start themselves
+test: setup minio $(HELM_BIN) ## Run every test against real servers the tests start themselves
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 .PHONY: lint

@@ -1,4 +1,4 @@
-"""``python -m devstack up|down|status|fetch-kafka``: the local Kafka, Milvus and Triton."""
+"""``python -m devstack up|down|status|fetch-kafka|fetch-minio``: the local servers."""
 
 from __future__ import annotations
 
@@ -17,13 +17,14 @@ from devstack.kafka import (
     fetch_kafka,
     java_major_version,
 )
+from devstack.minio import MINIO_VERSION, fetch_minio
 from devstack.paths import REPO_ROOT, STACK_DIR
 from devstack.stack import SERVER_NAMES, ServerStatus, Stack, StackConfig
 
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
-    help="Start, check and stop the local Kafka, Milvus and Triton servers.",
+    help="Start, check and stop the local Kafka, Milvus, Triton and MinIO servers.",
 )
 
 OnlyOption = Annotated[
@@ -123,6 +124,20 @@ def fetch_kafka_command(
         f"kafka {KAFKA_VERSION}: {jars} jars in {_display(libs)} "
         f"({time.monotonic() - started:.1f} s; java {java_major_version(java)} at {java})"
     )
+
+
+@app.command("fetch-minio")
+def fetch_minio_command(
+    force: Annotated[bool, typer.Option("--force", help="Build even if cached.")] = False,
+) -> None:
+    """Build the pinned MinIO (the S3 test server) with Go into the user's cache (once)."""
+    started = time.monotonic()
+    try:
+        binary = fetch_minio(MINIO_VERSION, force=force)
+    except FetchError as exc:
+        typer.echo(f"devstack fetch-minio: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(f"minio {MINIO_VERSION}: {binary} ({time.monotonic() - started:.1f} s)")
 
 
 def main() -> None:

@@ -4,7 +4,8 @@ Each server keeps its data in ``<base_dir>/<server>/``, its log in ``<base_dir>/
 pid in ``<base_dir>/run/``. ``up`` is idempotent: a server whose pid file names a live process
 of that server is reused; the others start in parallel and are waited for until they really
 answer. A server named by an environment variable (``KAFKA_BOOTSTRAP_SERVERS``, ``MILVUS_URI``,
-``TRITON_URL``) is external: never started nor stopped here.
+``TRITON_URL``, ``AWS_ENDPOINT_URL`` for MinIO) is external: never started nor stopped here.
+MinIO (the S3 server) listens on 9000 with the root user of :mod:`devstack.minio`.
 """
 
 from __future__ import annotations
@@ -20,16 +21,18 @@ from pathlib import Path
 from devstack.exceptions import FetchError, ServerError
 from devstack.kafka import KAFKA_LIBS_DIR, KafkaServer, fetch_kafka
 from devstack.milvus import MilvusServer
+from devstack.minio import MinioServer, fetch_minio
 from devstack.paths import STACK_DIR
 from devstack.process import ServerProcess, read_pid_file, terminate_process
 from devstack.triton import TritonServer
 
-SERVER_NAMES: tuple[str, ...] = ("kafka", "milvus", "triton")
+SERVER_NAMES: tuple[str, ...] = ("kafka", "milvus", "triton", "minio")
 #: The environment variable that, when set, makes a server external.
 EXTERNAL_ENV: Mapping[str, str] = {
     "kafka": "KAFKA_BOOTSTRAP_SERVERS",
     "milvus": "MILVUS_URI",
     "triton": "TRITON_URL",
+    "minio": "AWS_ENDPOINT_URL",
 }
 
 
@@ -44,10 +47,11 @@ class StackConfig:
     triton_http_port: int = 8000
     triton_grpc_port: int = 8001
     triton_metrics_port: int = 8002
+    minio_port: int = 9000
     kafka_libs_dir: Path = KAFKA_LIBS_DIR
     #: Readiness timeouts per server, in seconds.
     start_timeouts_s: Mapping[str, float] = field(
-        default_factory=lambda: {"kafka": 90.0, "milvus": 60.0, "triton": 600.0}
+        default_factory=lambda: {"kafka": 90.0, "milvus": 60.0, "triton": 600.0, "minio": 60.0}
     )
     stop_timeout_s: float = 30.0
 
@@ -126,6 +130,8 @@ class Stack:
                 metrics_port=c.triton_metrics_port,
                 **common,
             )
+        if name == "minio":
+            return MinioServer(c.data_dir(name), port=c.minio_port, **common)
         raise ValueError(f"unknown server {name!r}; expected one of {', '.join(SERVER_NAMES)}")
 
     def external(self, name: str) -> str | None:
@@ -215,6 +221,8 @@ class Stack:
                 server = self.server(name)
                 if name == "kafka":
                     fetch_kafka(self.config.kafka_libs_dir)
+                if name == "minio":
+                    fetch_minio()
                 server.start(timeout_s)
                 state = "started"
         except (ServerError, FetchError) as exc:

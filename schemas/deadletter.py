@@ -50,7 +50,10 @@ class ErrorType(StrEnum):
     FORBIDDEN_ADDRESS = "forbidden_address"  # SSRF guard: resolved/connected address refused
     FORBIDDEN_PATH = "forbidden_path"  # file:// outside --file-root, traversal or symlink escape
     REDIRECT_REFUSED = "redirect_refused"  # redirect not allowed, or too many
-    NOT_FOUND = "not_found"  # HTTP 404/410, or missing file
+    NOT_FOUND = "not_found"  # HTTP 404/410, missing file, missing s3 key, version or bucket
+    ACCESS_DENIED = "access_denied"  # s3: the credentials may not read the object (403)
+    FORBIDDEN_BUCKET = "forbidden_bucket"  # s3: bucket not in --allowed-bucket
+    URL_EXPIRED = "url_expired"  # a presigned https:// URL whose validity has passed
     HTTP_ERROR = "http_error"  # other HTTP 4xx
     SERVER_ERROR = "server_error"  # HTTP 5xx/429 still failing after retries
     FETCH_TIMEOUT = "fetch_timeout"  # connect/read timeout still failing after retries

@@ -61,9 +61,27 @@ class RedirectRefused(FetchError):
 
 
 class NotFound(FetchError):
-    """HTTP 404/410, or a missing file."""
+    """HTTP 404/410, a missing file, or a missing s3 bucket, key or version."""
 
     error_type = ErrorType.NOT_FOUND
+
+
+class AccessDenied(FetchError):
+    """s3: the credentials may not read the object (403), or they are invalid or expired."""
+
+    error_type = ErrorType.ACCESS_DENIED
+
+
+class ForbiddenBucket(FetchError):
+    """s3: the bucket is not in the policy's allowed buckets."""
+
+    error_type = ErrorType.FORBIDDEN_BUCKET
+
+
+class UrlExpired(FetchError):
+    """A presigned http(s) URL whose validity has passed (a 403 that was ``http_error``)."""
+
+    error_type = ErrorType.URL_EXPIRED
 
 
 class HttpError(FetchError):

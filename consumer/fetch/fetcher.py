@@ -15,14 +15,16 @@ from consumer.fetch.exceptions import FetchFailed, UnsupportedScheme
 from consumer.fetch.files import FileReader
 from consumer.fetch.http import HttpDownloader
 from consumer.fetch.policy import KNOWN_SCHEMES, FetchPolicy
+from consumer.fetch.s3 import S3Downloader
 from schemas.redaction import redact_uri
 
 
 class Fetcher:
-    """Fetches http(s) and file URIs safely. Thread-safe: share one across the I/O pool.
+    """Fetches http(s), file and s3 URIs safely. Thread-safe: share one across the I/O pool.
 
     ``resolver(host, port)`` replaces the system resolver (tests stub it); ``sleep`` replaces
-    :func:`time.sleep` between retries.
+    :func:`time.sleep` between retries; ``on_retry()`` is called before each retry of an s3 or
+    http(s) fetch (the consumer counts them).
     """
 
     def __init__(
@@ -31,10 +33,14 @@ class Fetcher:
         *,
         resolver: Resolver | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        on_retry: Callable[[], None] | None = None,
     ) -> None:
         self.policy = policy
         self._files = FileReader(policy)
-        self._http = HttpDownloader(policy, AddressGuard(policy, resolver), sleep=sleep)
+        self._http = HttpDownloader(
+            policy, AddressGuard(policy, resolver), sleep=sleep, on_retry=on_retry
+        )
+        self._s3 = S3Downloader(policy, sleep=sleep, on_retry=on_retry)
 
     def fetch(self, uri: str) -> bytes:
         """The bytes ``uri`` names. Raises a :class:`~consumer.fetch.exceptions.FetchError`."""
@@ -48,11 +54,14 @@ class Fetcher:
             raise UnsupportedScheme(f"URI scheme {shown} is not allowed (allowed: {allowed})")
         if scheme == "file":
             return self._files.fetch(uri)
+        if scheme == "s3":
+            return self._s3.fetch(uri)
         return self._http.fetch(uri)
 
     def close(self) -> None:
         """Release pooled connections. The fetcher must not be used afterwards."""
         self._http.close()
+        self._s3.close()
 
     def __enter__(self) -> Fetcher:
         return self

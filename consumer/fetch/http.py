@@ -34,6 +34,7 @@ from consumer.fetch.exceptions import (
     ServerError,
     TooLarge,
     UnsupportedScheme,
+    UrlExpired,
 )
 from consumer.fetch.policy import FetchPolicy
 from consumer.fetch.transport import GuardedTransport
@@ -61,9 +62,11 @@ class HttpDownloader:
         guard: AddressGuard,
         *,
         sleep: Callable[[float], None] = time.sleep,
+        on_retry: Callable[[], None] | None = None,
     ) -> None:
         self._policy = policy
         self._sleep = sleep
+        self._on_retry = on_retry
         if policy.ca_file is not None:
             ssl_context = ssl.create_default_context(cafile=str(policy.ca_file))
         else:
@@ -108,6 +111,8 @@ class HttpDownloader:
                 if attempt > policy.retries or time.monotonic() + delay >= deadline:
                     tries = "1 attempt" if attempt == 1 else f"{attempt} attempts"
                     raise type(error)(f"{error.message} (after {tries})") from None
+                if self._on_retry is not None:
+                    self._on_retry()
                 self._sleep(delay)
 
     def _backoff_s(self, attempt: int, retry_after_s: float | None) -> float:
@@ -162,6 +167,8 @@ class HttpDownloader:
                         return self._read_body(resp, deadline, shown)
                     if status in (404, 410):
                         raise NotFound(f"HTTP {status} for {shown}")
+                    if status in (400, 403) and _presigned_url_expired(current, resp):
+                        raise UrlExpired(f"HTTP {status} for {shown}: the presigned URL expired")
                     if status == 429 or status >= 500:
                         raise _Transient(
                             ServerError(f"HTTP {status} for {shown}"), _retry_after_s(resp)
@@ -302,6 +309,43 @@ def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
             return True
         seen = seen.__cause__ or seen.__context__
     return False
+
+
+#: Bytes of an error body read to find S3's "Request has expired" answer.
+_ERROR_BODY_BYTES: Final = 4096
+
+
+def _presigned_url_expired(url: httpx.URL, resp: httpx.Response) -> bool:
+    """Whether a refused presigned URL has expired: by its own signed dates, or as the server says.
+
+    SigV4 (``X-Amz-Date`` + ``X-Amz-Expires``, also GCS's ``X-Goog-*``) and SigV2 (``Expires``
+    as epoch seconds) are read from the query; otherwise a short error body saying
+    ``Request has expired`` (S3, MinIO) decides.
+    """
+    params = {k.lower(): v for k, v in url.params.multi_items()}
+    now = time.time()
+    for prefix in ("x-amz-", "x-goog-"):
+        signed, lifetime = params.get(prefix + "date"), params.get(prefix + "expires")
+        if signed and lifetime and lifetime.isdigit():
+            try:
+                start = datetime.strptime(signed, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+            except ValueError:
+                break
+            return now >= start.timestamp() + int(lifetime)
+    expires = params.get("expires")
+    if expires and expires.isdigit() and ("signature" in params or "awsaccesskeyid" in params):
+        return now >= int(expires)
+    if not any(k.startswith(("x-amz-", "x-goog-")) or k == "signature" for k in params):
+        return False
+    body = bytearray()
+    try:
+        for chunk in resp.iter_raw():
+            body.extend(chunk)
+            if len(body) >= _ERROR_BODY_BYTES:
+                break
+    except httpx.HTTPError:
+        return False
+    return b"Request has expired" in body
 
 
 def _retry_after_s(resp: httpx.Response) -> float | None:

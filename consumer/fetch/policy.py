@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 #: Schemes this package knows how to fetch.
-KNOWN_SCHEMES = frozenset({"http", "https", "file"})
+KNOWN_SCHEMES = frozenset({"http", "https", "file", "s3"})
 
 
 @dataclass(frozen=True)
@@ -23,10 +23,16 @@ class FetchPolicy:
     ``allowed_hosts`` entries match a host exactly, or any subdomain when written ``.example.com``
     or ``*.example.com``; the address check still applies to allowed hosts. ``ca_file`` replaces
     the default trust store for https (e.g. an internal CDN's private CA).
+
+    ``s3://`` objects are read with the AWS credential chain of the process (never from a
+    message) from ``s3_endpoint_url`` (default: AWS, or ``AWS_ENDPOINT_URL``) in ``s3_region``
+    (default: the chain's region; buckets elsewhere are found by redirect). ``allowed_buckets``
+    empty means every bucket the credentials can read. The SSRF guard does not apply to the
+    configured endpoint: a message names only a bucket and a key on it.
     """
 
     file_roots: tuple[Path, ...] = ()
-    allowed_schemes: frozenset[str] = frozenset({"http", "https", "file"})
+    allowed_schemes: frozenset[str] = frozenset({"http", "https", "file", "s3"})
     allow_private_networks: bool = False
     allowed_networks: tuple[str, ...] = ()
     allowed_hosts: tuple[str, ...] = ()
@@ -42,6 +48,12 @@ class FetchPolicy:
     max_retry_after_s: float = 10.0
     user_agent: str = "image-embedder/0.1"
     ca_file: Path | None = None
+    allowed_buckets: tuple[str, ...] = ()
+    s3_endpoint_url: str | None = None
+    s3_region: str | None = None
+    s3_path_style: bool = False
+    s3_requester_pays: bool = False
+    s3_max_pool_connections: int = 10
 
     def __post_init__(self) -> None:
         unknown = set(self.allowed_schemes) - KNOWN_SCHEMES
@@ -58,6 +70,7 @@ class FetchPolicy:
             ("connect_timeout_s", self.connect_timeout_s),
             ("read_timeout_s", self.read_timeout_s),
             ("total_timeout_s", self.total_timeout_s),
+            ("s3_max_pool_connections", self.s3_max_pool_connections),
         ):
             if value <= 0:
                 raise ValueError(f"{name} must be positive, got {value!r}")

@@ -32,6 +32,7 @@ def _config(base_dir: Path) -> StackConfig:
         triton_http_port=free_port(),
         triton_grpc_port=free_port(),
         triton_metrics_port=free_port(),
+        minio_port=free_port(),
     )
 
 
@@ -76,7 +77,12 @@ def test_up_is_idempotent_and_down_stops_everything(stack: Stack) -> None:
     assert _pids(third)["milvus"] != milvus_pid
 
     stopped = stack.down()
-    assert _states(stopped) == {"kafka": "stopped", "milvus": "stopped", "triton": "not-running"}
+    assert _states(stopped) == {
+        "kafka": "stopped",
+        "milvus": "stopped",
+        "triton": "not-running",
+        "minio": "not-running",
+    }
     for status in stopped:
         if status.pid is not None:
             assert not pid_alive(status.pid)

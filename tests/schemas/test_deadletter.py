@@ -218,4 +218,4 @@ def test_enum_values_are_stable() -> None:
         "write",
     ]
     assert ErrorType("invalid_json") is ErrorType.INVALID_JSON
-    assert len(ErrorType) == 17
+    assert len(ErrorType) == 20

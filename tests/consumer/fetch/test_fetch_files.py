@@ -200,7 +200,7 @@ def test_file_scheme_can_be_disallowed(make_fetcher: MakeFetcher, root: Path) ->
         "ftp://example.com/a.jpg",
         "gopher://example.com/",
         "data:image/png;base64,iVBORw0KGgo=",
-        "s3://bucket/key.jpg",
+        "gs://bucket/key.jpg",
         "/etc/passwd",
         "a.jpg",
         "javascript:alert(1)",

@@ -1,0 +1,333 @@
+"""s3:// downloads through botocore: the AWS credential chain, bounded in bytes and time.
+
+One botocore client serves every thread (botocore clients are thread-safe; its urllib3 pool
+keeps up to ``s3_max_pool_connections`` connections open). It is created on the first ``s3://``
+fetch, so a consumer that never sees one never loads botocore nor looks for credentials.
+
+Credentials come only from the process's chain, never from a message: environment, the shared
+credentials and config files (profiles, SSO, ``credential_process``, assume-role), web identity
+(IRSA, workload identity federation), container and instance metadata; botocore refreshes
+temporary ones before they expire.
+
+Retries: botocore's own retry loop is given one attempt, so that every retry happens here, inside
+the fetch's total deadline, with jittered exponential backoff, and is reported to ``on_retry``
+(the consumer counts it in ``retries_total{operation="fetch"}``). Throttling (503 ``SlowDown``
+and the other throttling codes), 5xx, timeouts and dropped connections are retried; the rest is
+permanent. botocore's per-bucket region redirect stays on: a bucket in another region costs one
+extra request the first time it is seen, then its region is cached.
+
+Keys are flat strings: ``a//b``, ``./x`` and ``a/../b`` are three objects, and botocore sends
+them as they are (no dot-segment removal; tested). The body is read with ``read1`` so a slow
+body is seen between reads and the total deadline holds while bytes trickle in.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final
+from urllib.parse import unquote
+
+from consumer.fetch.exceptions import (
+    AccessDenied,
+    FetchError,
+    FetchFailed,
+    FetchTimeout,
+    ForbiddenBucket,
+    NotFound,
+    ServerError,
+    TooLarge,
+)
+from consumer.fetch.policy import FetchPolicy
+from schemas.redaction import redact_uri
+
+_READ_BYTES: Final = 256 * 1024
+_NOT_FOUND_CODES: Final = frozenset({"NoSuchKey", "NoSuchVersion", "NoSuchBucket", "NotFound"})
+_DENIED_CODES: Final = frozenset(
+    {
+        "AccessDenied",
+        "AllAccessDisabled",
+        "AccountProblem",
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+        "ExpiredToken",
+        "InvalidToken",
+        "TokenRefreshRequired",
+    }
+)
+_TRANSIENT_CODES: Final = frozenset(
+    {
+        "SlowDown",
+        "Throttling",
+        "ThrottlingException",
+        "ThrottledException",
+        "RequestThrottled",
+        "RequestThrottledException",
+        "RequestLimitExceeded",
+        "TooManyRequestsException",
+        "ProvisionedThroughputExceededException",
+        "BandwidthLimitExceeded",
+        "InternalError",
+        "ServiceUnavailable",
+        "RequestTimeout",
+        "RequestTimeoutException",
+        "XMinioServerNotInitialized",
+    }
+)
+_TRANSIENT_STATUSES: Final = frozenset({429, 500, 502, 503, 504})
+
+
+@dataclass(frozen=True, slots=True)
+class S3Object:
+    """What an ``s3://bucket/key[?versionId=V]`` URI names (key and version percent-decoded)."""
+
+    bucket: str
+    key: str
+    version_id: str | None = None
+
+
+def parse_s3_uri(uri: str) -> S3Object:
+    """Split an s3 URI; the key is everything after the bucket's ``/``, exactly as written.
+
+    Raises :class:`FetchFailed` for a URI that names no bucket or key, a query other than one
+    ``versionId``, or a key that is not UTF-8 once percent-decoded.
+    """
+    shown = redact_uri(uri)
+    scheme, sep, rest = uri.partition("://")
+    if not sep or scheme.lower() != "s3":
+        raise FetchFailed(f"not an s3 URI: {shown}")
+    if "#" in rest:
+        raise FetchFailed(f"s3 URIs may not carry a fragment (percent-encode '#'): {shown}")
+    rest, _, query = rest.partition("?")
+    bucket, slash, raw_key = rest.partition("/")
+    if not bucket or not slash or not raw_key:
+        raise FetchFailed(f"s3 URI without a bucket and a key: {shown}")
+    if "@" in bucket or ":" in bucket:
+        raise FetchFailed(f"s3 URI with userinfo or a port: {shown}")
+    version_id = None
+    if query:
+        name, eq, value = query.partition("=")
+        if name != "versionId" or not eq or not value or "&" in value:
+            raise FetchFailed(f"s3 URIs allow only one query parameter, versionId: {shown}")
+        version_id = _decode(value, "versionId", shown)
+    return S3Object(bucket, _decode(raw_key, "key", shown), version_id)
+
+
+def _decode(text: str, what: str, shown: str) -> str:
+    try:
+        return unquote(text, encoding="utf-8", errors="strict")
+    except UnicodeDecodeError:
+        raise FetchFailed(f"s3 {what} is not UTF-8 once percent-decoded: {shown}") from None
+
+
+class _Transient(Exception):
+    """A failure worth another attempt; ``error`` is what to raise once attempts run out."""
+
+    def __init__(self, error: FetchError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
+class S3Downloader:
+    """Downloads s3 URIs under a :class:`FetchPolicy`. Thread-safe.
+
+    ``on_retry()`` is called before each retry; ``sleep`` replaces :func:`time.sleep` between
+    retries.
+    """
+
+    def __init__(
+        self,
+        policy: FetchPolicy,
+        *,
+        sleep: Callable[[float], None] = time.sleep,
+        on_retry: Callable[[], None] | None = None,
+    ) -> None:
+        self._policy = policy
+        self._sleep = sleep
+        self._on_retry = on_retry
+        self._allowed = frozenset(policy.allowed_buckets)
+        self._client: Any = None
+        self._lock = threading.Lock()
+
+    # -- the client ------------------------------------------------------------------------------
+    def _get_client(self) -> Any:
+        client = self._client
+        if client is not None:
+            return client
+        with self._lock:
+            if self._client is None:
+                self._client = make_client(self._policy)
+            return self._client
+
+    def close(self) -> None:
+        """Close the pooled connections (a later fetch opens a new client)."""
+        with self._lock:
+            client, self._client = self._client, None
+        if client is not None:
+            client.close()
+
+    # -- fetching --------------------------------------------------------------------------------
+    def fetch(self, uri: str) -> bytes:
+        """The bytes of the object ``uri`` names; raises a :class:`FetchError`."""
+        policy = self._policy
+        shown = redact_uri(uri)
+        obj = parse_s3_uri(uri)
+        if self._allowed and obj.bucket not in self._allowed:
+            raise ForbiddenBucket(f"bucket {obj.bucket!r} is not in the allowed buckets: {shown}")
+        deadline = time.monotonic() + policy.total_timeout_s
+        attempt = 0
+        while True:
+            try:
+                return self._fetch_once(obj, deadline, shown)
+            except _Transient as transient:
+                attempt += 1
+                error = transient.error
+                delay = random.uniform(0.5, 1.0) * policy.backoff_s * 2 ** (attempt - 1)
+                if attempt > policy.retries or time.monotonic() + delay >= deadline:
+                    tries = "1 attempt" if attempt == 1 else f"{attempt} attempts"
+                    raise type(error)(f"{error.message} (after {tries})") from None
+                if self._on_retry is not None:
+                    self._on_retry()
+                self._sleep(delay)
+
+    def _fetch_once(self, obj: S3Object, deadline: float, shown: str) -> bytes:
+        from botocore.exceptions import (
+            BotoCoreError,
+            ClientError,
+            ConnectionError,
+            ConnectTimeoutError,
+            HTTPClientError,
+            NoCredentialsError,
+            ReadTimeoutError,
+            ResponseStreamingError,
+            SSLError,
+        )
+
+        if time.monotonic() >= deadline:
+            raise FetchTimeout(f"total timeout of {self._policy.total_timeout_s:g} s passed")
+        params: dict[str, str] = {"Bucket": obj.bucket, "Key": obj.key}
+        if obj.version_id is not None:
+            params["VersionId"] = obj.version_id
+        if self._policy.s3_requester_pays:
+            params["RequestPayer"] = "requester"
+        try:
+            response = self._get_client().get_object(**params)
+        except ClientError as exc:
+            raise _classify(exc, shown) from None
+        except NoCredentialsError:
+            raise FetchFailed(
+                f"no AWS credentials found for {shown} (environment, shared files, profile, "
+                "web identity or instance role)"
+            ) from None
+        except (ConnectTimeoutError, ReadTimeoutError):
+            raise _Transient(FetchTimeout(f"s3 timeout for {shown}")) from None
+        except SSLError:
+            raise FetchFailed(f"s3 TLS error (certificate or handshake) for {shown}") from None
+        except (ConnectionError, HTTPClientError, ResponseStreamingError) as exc:
+            raise _Transient(FetchFailed(f"s3 {_describe(exc)} for {shown}")) from None
+        except BotoCoreError as exc:
+            raise FetchFailed(f"s3 client error {type(exc).__name__} for {shown}") from None
+        return self._read_body(response, deadline, shown)
+
+    def _read_body(self, response: dict[str, Any], deadline: float, shown: str) -> bytes:
+        import urllib3.exceptions
+
+        limit = self._policy.max_bytes
+        body = response["Body"]
+        try:
+            declared = response.get("ContentLength")
+            if isinstance(declared, int) and declared > limit:
+                raise TooLarge(f"{shown} has {declared} bytes, more than the {limit} allowed")
+            # read1 returns what has arrived; StreamingBody.read(n) waits for n bytes, which a
+            # slow body would stretch far past the deadline between two checks.
+            raw = getattr(body, "_raw_stream", None)
+            read = getattr(raw, "read1", None) or body.read
+            data = bytearray()
+            while True:
+                if time.monotonic() > deadline:
+                    raise FetchTimeout(
+                        f"total timeout of {self._policy.total_timeout_s:g} s passed while "
+                        f"downloading {shown}"
+                    )
+                try:
+                    chunk = read(min(_READ_BYTES, limit + 1 - len(data)))
+                except urllib3.exceptions.ReadTimeoutError:
+                    raise _Transient(FetchTimeout(f"s3 read timeout for {shown}")) from None
+                except (urllib3.exceptions.HTTPError, OSError) as exc:
+                    raise _Transient(
+                        FetchFailed(f"s3 read error ({type(exc).__name__}) for {shown}")
+                    ) from None
+                if not chunk:
+                    break
+                data.extend(chunk)
+                if len(data) > limit:
+                    raise TooLarge(f"{shown} is larger than the {limit} bytes allowed")
+            if isinstance(declared, int) and len(data) != declared:
+                raise _Transient(
+                    FetchFailed(f"s3 body of {shown} ended after {len(data)} of {declared} bytes")
+                )
+            return bytes(data)
+        finally:
+            body.close()
+
+
+def make_client(policy: FetchPolicy) -> Any:
+    """A botocore S3 client for ``policy``: its endpoint, region, addressing and limits.
+
+    ``AWS_ENDPOINT_URL`` / ``AWS_ENDPOINT_URL_S3`` apply when no endpoint is configured (botocore
+    reads them); the credential chain is botocore's default one.
+    """
+    import botocore.session
+    from botocore.config import Config
+
+    session = botocore.session.get_session()
+    config = Config(
+        connect_timeout=policy.connect_timeout_s,
+        read_timeout=policy.read_timeout_s,
+        retries={"mode": "standard", "total_max_attempts": 1},
+        max_pool_connections=policy.s3_max_pool_connections,
+        s3={"addressing_style": "path" if policy.s3_path_style else "auto"},
+        user_agent_extra=policy.user_agent.replace("/", "#", 1).replace(" ", "_"),
+        tcp_keepalive=True,
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+    )
+    return session.create_client(
+        "s3",
+        region_name=policy.s3_region or None,
+        endpoint_url=policy.s3_endpoint_url or None,
+        config=config,
+    )
+
+
+def _classify(exc: Any, shown: str) -> Exception:
+    """A :class:`FetchError` (or ``_Transient``) for a botocore ``ClientError``."""
+    error = exc.response.get("Error", {}) or {}
+    code = str(error.get("Code") or "")
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    what = f"s3 {status} {code}".rstrip() + f" for {shown}"
+    if code in _NOT_FOUND_CODES or status in (404, 410):
+        return NotFound(what)
+    if code in _TRANSIENT_CODES or status in _TRANSIENT_STATUSES:
+        return _Transient(ServerError(what))
+    if code in _DENIED_CODES or status in (401, 403):
+        return AccessDenied(
+            f"{what}: the consumer's credentials may not read it (without s3:ListBucket on the "
+            "bucket, S3 answers a missing key with 403 too)"
+        )
+    if code == "InvalidObjectState":
+        return FetchFailed(f"{what}: an archived object (restore it first)")
+    return FetchFailed(what)
+
+
+def _describe(exc: Exception) -> str:
+    names = {
+        "EndpointConnectionError": "cannot connect",
+        "ConnectionClosedError": "connection closed",
+        "ProxyConnectionError": "cannot connect to the proxy",
+        "ResponseStreamingError": "read error",
+    }
+    return names.get(type(exc).__name__, f"transport error {type(exc).__name__}")
