@@ -75,6 +75,8 @@ _SUB = "A-Za-z0-9._~!$&'()*+,;="  # unreserved + sub-delims, '-' appended last i
 _PCHAR = f"(?:[{_SUB}:@-]|{_PCT})"
 _QCHAR = f"(?:[{_SUB}:@/?-]|{_PCT})"
 _USERINFO = f"(?:[{_SUB}:-]|{_PCT})*"
+# an S3 version id: query characters but the separators '&', '=', '?' and '#'
+_VCHAR = f"(?:[A-Za-z0-9._~!$'()*+,;:@/-]|{_PCT})"
 _REGNAME = f"(?:[{_SUB}-]|{_PCT})+"
 _IP_LITERAL = r"\[[0-9A-Fa-f:.]+\]"
 _PORT = "(?:6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[0-9]{1,4})"
@@ -93,8 +95,12 @@ _SCHEME_PATTERNS: Final = {
     "https": f"{_ci('https')}://{_AUTHORITY}{_TAIL}",
     # file: absolute path, empty host or "localhost"; no query or fragment.
     "file": f"{_ci('file')}://(?:{_ci('localhost')})?(?:/{_PCHAR}*)+",
-    # s3: a valid bucket name and a non-empty key; no userinfo, port, query or fragment.
-    "s3": f"{_ci('s3')}://[a-z0-9][a-z0-9.-]{{1,61}}[a-z0-9]/{_PCHAR}(?:{_PCHAR}|/)*",
+    # s3: a valid bucket name and a non-empty key (a flat string: '//', '.' and '..' are kept);
+    # no userinfo, port or fragment; one optional query parameter, versionId, pins a version.
+    "s3": (
+        f"{_ci('s3')}://[a-z0-9][a-z0-9.-]{{1,61}}[a-z0-9]/{_PCHAR}(?:{_PCHAR}|/)*"
+        f"(?:\\?versionId={_VCHAR}+)?"
+    ),
 }
 _GENERIC_PATTERN: Final = f"[A-Za-z][A-Za-z0-9+.-]*://(?:{_AUTHORITY})?{_TAIL}"
 _SCHEME_RE: Final = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*):")
@@ -384,7 +390,10 @@ _URI_HINTS: Final = {
     "http": "expected http://host[:port]/path with a port of 0-65535 and %XX escapes",
     "https": "expected https://host[:port]/path with a port of 0-65535 and %XX escapes",
     "file": "expected file:///absolute/path, no query or fragment",
-    "s3": "expected s3://bucket/key with a valid bucket name and no query",
+    "s3": (
+        "expected s3://bucket/key with a valid bucket name, and no query but an optional "
+        "?versionId=V"
+    ),
     "": "expected scheme://authority/path",
 }
 
