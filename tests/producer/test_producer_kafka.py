@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import signal
 import subprocess
 import sys
@@ -152,17 +153,36 @@ def test_cli_dry_run_sends_nothing(kafka_bootstrap: str, unique_name: str) -> No
     assert end_offsets(kafka_bootstrap, unique_name) == {0: 0}
 
 
-def test_cli_rate_limits_and_delivers(kafka_bootstrap: str, unique_name: str) -> None:
-    started = time.monotonic()
+def _publish_paced(bootstrap: str, topic: str) -> None:
+    """Six messages at --rate 20 into a one-partition topic; each is stamped (CreateTime) when
+    it is produced, so the gaps between the stamps are the pacing, whatever start-up took."""
+    create_topics(bootstrap, topic, partitions=1, replication_factor=1)
     result = runner.invoke(
         app,
-        ["publish", "--topic", unique_name, "--bootstrap-servers", kafka_bootstrap, "--rate", "20"]
+        ["publish", "--topic", topic, "--bootstrap-servers", bootstrap, "--rate", "20"]
         + [f"https://img.example/{i}.jpg" for i in range(6)],
     )
     assert result.exit_code == 0, result.output
-    # five intervals of 1/20 s separate six paced messages (a lower bound, so not flaky)
-    assert time.monotonic() - started >= 0.25
-    assert sum(end_offsets(kafka_bootstrap, unique_name).values()) == 6
+    stamps = [r.timestamp_ms for r in read_all(bootstrap, topic)]
+    assert len(stamps) == 6
+    gaps = [b - a for a, b in itertools.pairwise(stamps)]
+    # 1/20 s apart, less 1 ms for the stamps' millisecond resolution
+    assert min(gaps) >= 49, f"NOT PACED: gaps between produce times {gaps} ms"
+
+
+def test_cli_rate_limits_and_delivers(kafka_bootstrap: str, unique_name: str) -> None:
+    _publish_paced(kafka_bootstrap, unique_name)
+
+
+def test_rate_check_fails_without_pacing(
+    kafka_bootstrap: str, unique_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The check above catches a publisher that does not pace (a test of the test)."""
+    import producer.publisher
+
+    monkeypatch.setattr(producer.publisher.RateLimiter, "wait", lambda self: None)
+    with pytest.raises(AssertionError, match="NOT PACED"):
+        _publish_paced(kafka_bootstrap, unique_name)
 
 
 # -- create-topic -------------------------------------------------------------------------------
