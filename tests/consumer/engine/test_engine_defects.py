@@ -1,0 +1,305 @@
+"""Regression tests for engine defects, each run against the real Kafka, Triton and Milvus.
+
+Every test here failed on the engine before its fix (they were committed marked
+``xfail(strict=True)``, and each mark was removed with its fix).
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+from confluent_kafka import Producer
+
+from devstack import TcpProxy, TritonServer, free_port
+from schemas import preprocessing as contract
+from tests.consumer.conftest import photo_messages
+from tests.support.kafka import committed_offsets, create_topic, end_offsets
+from tests.support.milvus import rows_by_id
+from tests.support.reliability import ConsumerProcess, consumer_env, wait_until
+
+pytestmark = pytest.mark.integration
+
+#: The exit status of a bounded run stopped before its end (EX_TEMPFAIL: "try again").
+EXIT_STOPPED_EARLY = 75
+
+
+@pytest.fixture
+def spawn(tmp_path: Path) -> Iterator[Callable[..., ConsumerProcess]]:
+    """``python -m consumer run ARGS`` as a process (log and summary under tmp_path)."""
+    started: list[ConsumerProcess] = []
+
+    def start(
+        *args: str,
+        kafka: str,
+        milvus: str,
+        triton: str,
+        env: dict[str, str] | None = None,
+        metrics_port: int | None = None,
+    ) -> ConsumerProcess:
+        label = f"consumer{len(started)}"
+        proc = ConsumerProcess(
+            args=args,
+            env=consumer_env(kafka, milvus, triton, env),
+            log_path=tmp_path / f"{label}.log",
+            summary_path=tmp_path / f"{label}-summary.json",
+            metrics_port=metrics_port,
+        )
+        started.append(proc)
+        return proc.start()
+
+    yield start
+    for proc in started:
+        proc.kill()
+
+
+def _produce(bootstrap: str, topic: str, items: list[tuple[dict, int]]) -> None:
+    """Publish (value, timestamp ms) pairs in order to partition 0."""
+    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True})
+    for value, ts_ms in items:
+        producer.produce(
+            topic,
+            key=value["id"].encode(),
+            value=orjson.dumps(value),
+            partition=0,
+            timestamp=ts_ms,
+        )
+    assert producer.flush(30) == 0
+
+
+def _log_events(path: Path, event: str) -> list[dict]:
+    found = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            record = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and record.get("event") == event:
+            found.append(record)
+    return found
+
+
+def test_latest_wins_takes_the_highest_version_not_the_last_polled(
+    kafka_bootstrap: str, milvus_uri: str, photo_dir: Path, run_consumer, unique_name: str
+) -> None:
+    """Milvus holds X at T-30 min; one poll then brings A (X at T) and B (X at T-60 min, e.g. a
+    redriven old record). A is the newest version: Milvus must end with A's row, and B counts
+    as superseded or skipped, never written. (Before: B superseded A by poll order, the guard
+    refused B as older than the stored row, and X kept its T-30 min row.)"""
+    photos = photo_messages(photo_dir)
+    now = int(time.time() * 1000)
+    create_topic(kafka_bootstrap, unique_name, partitions=1)
+    args = ("--topic", unique_name, "--group", unique_name, "--collection", unique_name)
+    args += ("--until-end", "--file-root", str(photo_dir))
+    _produce(
+        kafka_bootstrap, unique_name, [({"id": "x", "uri": photos[0]["uri"]}, now - 1_800_000)]
+    )
+    first = run_consumer(*args)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert rows_by_id(milvus_uri, unique_name, ["kafka_ts"])["x"]["kafka_ts"] == now - 1_800_000
+
+    a = {"id": "x", "uri": photos[1]["uri"]}
+    b = {"id": "x", "uri": photos[2]["uri"]}
+    _produce(kafka_bootstrap, unique_name, [(a, now), (b, now - 3_600_000)])
+    second = run_consumer(*args, "--batch-size", "8")
+    assert second.returncode == 0, second.stderr[-3000:]
+    row = rows_by_id(milvus_uri, unique_name, ["kafka_ts", "uri"])["x"]
+    assert (row["kafka_ts"], row["uri"]) == (now, a["uri"])
+    assert second.summary is not None
+    assert second.summary["ingested"] == 1, second.summary
+    assert second.summary["superseded"] + second.summary["skipped_stale"] == 1, second.summary
+
+
+def test_bounded_run_stopped_by_sigterm_exits_75_and_unbounded_exits_0(
+    kafka_bootstrap: str,
+    milvus_uri: str,
+    triton_grpc_url: str,
+    photo_dir: Path,
+    spawn: Callable[..., ConsumerProcess],
+    unique_name: str,
+) -> None:
+    """A bounded run stopped before its end is not done: it exits 75 so a Job retries it, with
+    what it finished committed. An unbounded run stopped the same way exits 0."""
+    photos = photo_messages(photo_dir)
+    create_topic(kafka_bootstrap, unique_name, partitions=1)
+    base = int(time.time() * 1000) - 60_000
+    _produce(
+        kafka_bootstrap,
+        unique_name,
+        [({"id": f"m{i}", "uri": photos[i % len(photos)]["uri"]}, base + i) for i in range(60)],
+    )
+    servers = {"kafka": kafka_bootstrap, "milvus": milvus_uri, "triton": triton_grpc_url}
+    common = ("--topic", unique_name, "--collection", unique_name, "--file-root", str(photo_dir))
+    common += ("--max-rate", "4", "--batch-size", "2")
+    fast_commits = {"IMAGE_EMBEDDER_COMMIT_INTERVAL_S": "0.2"}
+
+    bounded = spawn(
+        *common, "--group", f"{unique_name}_b", "--until-end", env=fast_commits, **servers
+    )
+    wait_until(
+        lambda: (
+            sum(committed_offsets(kafka_bootstrap, f"{unique_name}_b", unique_name).values()) >= 2
+        ),
+        "the bounded run's first commits",
+        alive=[bounded],
+    )
+    bounded.terminate()
+    assert bounded.wait() == EXIT_STOPPED_EARLY, bounded.log_tail()
+    done = committed_offsets(kafka_bootstrap, f"{unique_name}_b", unique_name)[0]
+    assert 2 <= done < 60
+    assert bounded.summary()["ingested"] >= done
+
+    unbounded = spawn(*common, "--group", f"{unique_name}_u", env=fast_commits, **servers)
+    wait_until(
+        lambda: (
+            sum(committed_offsets(kafka_bootstrap, f"{unique_name}_u", unique_name).values()) >= 2
+        ),
+        "the unbounded run's first commits",
+        alive=[unbounded],
+    )
+    unbounded.terminate()
+    assert unbounded.wait() == 0, unbounded.log_tail()
+
+
+def test_transactional_topic_is_committed_past_its_control_records(
+    kafka_bootstrap: str, milvus_uri: str, photo_dir: Path, run_consumer, unique_name: str
+) -> None:
+    """After a transactional producer's committed transactions, a finished bounded run leaves
+    no lag: the group's commit is the end offset (past the commit marker), not the offset of
+    the marker (which would leave consumer lag at 1 on every partition forever)."""
+    photos = photo_messages(photo_dir)
+    create_topic(kafka_bootstrap, unique_name, partitions=2)
+    producer = Producer({"bootstrap.servers": kafka_bootstrap, "transactional.id": unique_name})
+    producer.init_transactions(30)
+    for batch in range(2):
+        producer.begin_transaction()
+        for i in range(3):
+            msg = {"id": f"t{batch}_{i}", "uri": photos[i]["uri"]}
+            producer.produce(
+                unique_name, key=msg["id"].encode(), value=orjson.dumps(msg), partition=i % 2
+            )
+        producer.commit_transaction(30)
+    run = run_consumer(
+        "--topic", unique_name, "--group", unique_name, "--collection", unique_name,
+        "--until-end", "--file-root", str(photo_dir),
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert len(rows_by_id(milvus_uri, unique_name, ["id"])) == 6
+    assert committed_offsets(kafka_bootstrap, unique_name, unique_name) == end_offsets(
+        kafka_bootstrap, unique_name
+    )
+
+
+def test_poll_budget_respects_the_rows_in_flight_cap(
+    kafka_bootstrap: str,
+    milvus_uri: str,
+    triton_grpc_url: str,
+    photo_dir: Path,
+    spawn: Callable[..., ConsumerProcess],
+    unique_name: str,
+) -> None:
+    """``--max-rows-in-flight`` bounds what is taken from Kafka: a poll never takes more than
+    the room left under the cap (before: a whole ``--batch-size`` on top of it)."""
+    photos = photo_messages(photo_dir)
+    create_topic(kafka_bootstrap, unique_name, partitions=1)
+    base = int(time.time() * 1000) - 60_000
+    _produce(
+        kafka_bootstrap,
+        unique_name,
+        [({"id": f"m{i}", "uri": photos[i % len(photos)]["uri"]}, base + i) for i in range(40)],
+    )
+    proc = spawn(
+        "--topic", unique_name, "--group", unique_name, "--collection", unique_name,
+        "--file-root", str(photo_dir), "--until-end", "--batch-size", "32",
+        "--max-rows-in-flight", "4",
+        kafka=kafka_bootstrap, milvus=milvus_uri, triton=triton_grpc_url,
+    )  # fmt: skip
+    assert proc.wait() == 0, proc.log_tail()
+    pauses = _log_events(proc.log_path, "backpressure: partitions paused")
+    assert pauses, proc.log_tail()
+    assert max(p["rows_in_flight"] for p in pauses) <= 4, pauses
+
+
+def test_readiness_probes_from_fresh_threads_share_one_client(
+    triton_grpc_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``/readyz`` runs each probe on a new thread: probes must not each keep a Triton client
+    (before: one client per probe thread until shutdown, +36 MiB per 1 000 probes)."""
+    from consumer.inference import client as client_module
+    from consumer.inference.client import TritonEndpoint, TritonInference, read_model_spec
+
+    endpoint = TritonEndpoint("grpc", triton_grpc_url.removeprefix("grpc://"), timeout_s=5)
+    spec = read_model_spec(endpoint, contract.MODEL_NAME, "", contract.EMBEDDING_OUTPUT)
+    created: list[object] = []
+    real = client_module._new_client
+
+    def counting(ep: TritonEndpoint) -> object:
+        made = real(ep)
+        created.append(made)
+        return made
+
+    monkeypatch.setattr(client_module, "_new_client", counting)
+    triton = TritonInference(endpoint, spec)
+    answers: list[bool] = []
+    for _ in range(40):
+        probe = threading.Thread(target=lambda: answers.append(triton.is_ready()))
+        probe.start()
+        probe.join()
+    triton.close()
+    assert answers == [True] * 40
+    assert len(created) <= 1, f"{len(created)} clients for 40 probes"
+
+
+def test_graceful_stop_while_triton_is_down_ends_within_the_drain_timeout(
+    kafka_bootstrap: str,
+    milvus_uri: str,
+    start_triton: Callable[..., TritonServer],
+    photo_dir: Path,
+    spawn: Callable[..., ConsumerProcess],
+    unique_name: str,
+) -> None:
+    """SIGTERM while every Triton request fails: the drain gives up after ``--drain-timeout-s``,
+    nothing unwritten is committed, and the process exits (before: inference retries only
+    stopped on a second SIGINT, so the pool's shutdown waited forever)."""
+    triton = start_triton()
+    proxy = TcpProxy("127.0.0.1", triton.grpc_port).start()
+    try:
+        photos = photo_messages(photo_dir)
+        create_topic(kafka_bootstrap, unique_name, partitions=1)
+        metrics_port = free_port()
+        proc = spawn(
+            "--topic", unique_name, "--group", unique_name, "--collection", unique_name,
+            "--file-root", str(photo_dir),
+            kafka=kafka_bootstrap, milvus=milvus_uri, triton=f"grpc://127.0.0.1:{proxy.port}",
+            metrics_port=metrics_port,
+            env={"IMAGE_EMBEDDER_TRITON_TIMEOUT_S": "2", "IMAGE_EMBEDDER_DRAIN_TIMEOUT_S": "3"},
+        )  # fmt: skip
+        wait_until(lambda: proc.probe("/readyz") == 200, "the consumer ready", alive=[proc])
+        proxy.set_down(True)
+        _produce(
+            kafka_bootstrap,
+            unique_name,
+            [({"id": f"m{i}", "uri": photos[i]["uri"]}, int(time.time() * 1000)) for i in range(4)],
+        )
+
+        def triton_retries() -> float:
+            text = proc.scrape()
+            match = re.search(r'image_embedder_retries_total\{operation="triton"\} (\S+)', text)
+            return float(match.group(1)) if match else 0.0
+
+        wait_until(lambda: triton_retries() >= 1, "inference retried", alive=[proc])
+        stopped = time.monotonic()
+        proc.terminate()
+        code = proc.wait(timeout_s=60)
+        took = time.monotonic() - stopped
+    finally:
+        proxy.stop()
+    assert code == 0, proc.log_tail()
+    assert took < 30, took
+    assert committed_offsets(kafka_bootstrap, unique_name, unique_name).get(0, 0) <= 0
+    assert rows_by_id(milvus_uri, unique_name, ["id"]) == {}
