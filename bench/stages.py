@@ -222,10 +222,11 @@ def _milvus_point(
 ) -> dict[str, Any]:
     from bench.servers import tree_cpu_seconds
     from consumer.sink import MilvusWriter, WriteOp
+    from schemas import Version
 
     total = max(rows, 2 * group)
     ops = [
-        WriteOp(i, row["id"], row["kafka_ts"], row)
+        WriteOp(i, row["id"], Version(row["kafka_ts"], 0, row["kafka_offset"]), row)
         for i, row in enumerate(_rows(total, dim, f"w{group}-{secrets.token_hex(3)}"))
     ]
     done = threading.Event()

@@ -23,6 +23,8 @@ app = typer.Typer(
 EXIT_FATAL = 1
 EXIT_CONFIG = 2
 EXIT_ABORTED = 130
+#: A bounded run (--until-end / --until) stopped before its end: EX_TEMPFAIL, "try again".
+EXIT_STOPPED_EARLY = 75
 
 # --- shared options ---------------------------------------------------------------------------
 Config = Annotated[Path | None, typer.Option("--config", help="TOML/JSON/YAML settings file.")]
@@ -84,6 +86,13 @@ def run(
     reset_offsets: Annotated[
         bool | None, typer.Option("--reset-offsets", help="Let --from move a group's offsets.")
     ] = None,
+    rewrite_same_version: Annotated[
+        bool | None,
+        typer.Option(
+            "--rewrite-same-version",
+            help="Rewrite rows already stored at the same version (e.g. after fixing the model).",
+        ),
+    ] = None,
     max_rate: Annotated[
         float | None, typer.Option("--max-rate", help="Messages per second at most.")
     ] = None,
@@ -140,6 +149,7 @@ def run(
         until=until,
         start_from=start_from,
         reset_offsets=reset_offsets,
+        rewrite_same_version=rewrite_same_version,
         max_rate=max_rate,
         file_roots=tuple(file_root) if file_root else None,
         dlq_topic=dlq_topic,
@@ -166,7 +176,7 @@ def run(
         log_level=log_level,
     )
     _configure_logging(s)
-    from consumer.engine import Engine, EngineFatalError
+    from consumer.engine import Engine, EngineFatalError, RunOutcome
     from consumer.observability import HealthServer, Metrics, get_logger
 
     log = get_logger("consumer.cli")
@@ -196,7 +206,7 @@ def run(
             progress.close()
         if server is not None:
             server.stop()
-    if engine._abort.is_set():  # a second SIGINT
+    if summary.outcome is RunOutcome.ABORTED:  # a second SIGINT
         raise typer.Exit(EXIT_ABORTED)
     if s.summary_json:
         s.summary_json.parent.mkdir(parents=True, exist_ok=True)
@@ -208,6 +218,9 @@ def run(
         f"startup_seconds={summary.startup_seconds:.1f} "
         f"images_per_second={summary.images_per_second:.1f}"
     )
+    if summary.outcome is RunOutcome.STOPPED_EARLY:
+        log.warning("stopped before the end of the bounded run; run it again to finish it")
+        raise typer.Exit(EXIT_STOPPED_EARLY)
 
 
 class _Progress:

@@ -106,6 +106,10 @@ class Settings(BaseSettings):
         description="earliest | latest | ISO-8601 time | partition:offset,...",
     )
     reset_offsets: bool = False
+    rewrite_same_version: bool = Field(
+        default=False,
+        description="rewrite rows whose stored version equals the message's (never older ones)",
+    )
     until_end: bool = False
     until: datetime | None = None
     max_rate: float | None = Field(default=None, gt=0, description="messages per second")

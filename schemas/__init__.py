@@ -26,6 +26,7 @@ from schemas.message import (
     normalize_uri,
 )
 from schemas.redaction import redact_text, redact_uri
+from schemas.version import Version
 
 __all__ = [
     "DEFAULT_ALLOWED_SCHEMES",
@@ -37,6 +38,7 @@ __all__ = [
     "InvalidDeadLetter",
     "InvalidMessage",
     "Stage",
+    "Version",
     "dead_letter_headers",
     "decode_message",
     "encode_message",

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from enum import StrEnum
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,7 @@ from consumer.fetch import Fetcher, FetchError, FetchPolicy, decode_image
 from consumer.inference import (
     InferenceRejectedError,
     InferenceUnavailableError,
+    ModelMismatchError,
     ModelSpec,
     TritonInference,
     l2_normalize,
@@ -63,6 +65,7 @@ from consumer.preprocess import fit_to_canvas
 from consumer.settings import Settings, parse_start
 from consumer.sink import (
     CollectionContract,
+    CollectionMismatchError,
     MilvusCollection,
     MilvusWriter,
     WriteOp,
@@ -76,6 +79,7 @@ from schemas import (
     ImageMessage,
     InvalidMessage,
     Stage,
+    Version,
     dead_letter_headers,
     decode_message,
     redact_uri,
@@ -110,7 +114,7 @@ class _Raw:
     value: bytes | None
     redrive_count: int
     id: str | None
-    kafka_ts: int
+    version: Version
 
 
 @dataclass(slots=True)
@@ -120,8 +124,8 @@ class _Fetching:
     future: Future[np.ndarray]
 
 
-_InferItem = tuple[Ref, ImageMessage, int]
-"""One message on its way through inference: its reference, the message, its Kafka timestamp."""
+_InferItem = tuple[Ref, ImageMessage, Version]
+"""One message on its way through inference: its reference, the message, its version."""
 
 
 @dataclass(slots=True)
@@ -134,6 +138,15 @@ class _DeadLetterJob:
     text: str
     attempts: int = 0
     due: float = 0.0
+
+
+class RunOutcome(StrEnum):
+    """How a run ended; the CLI picks its exit status from it."""
+
+    FINISHED = "finished"  # a bounded run reached its end offsets
+    STOPPED = "stopped"  # an unbounded run stopped by a signal (drained and committed)
+    STOPPED_EARLY = "stopped_early"  # a bounded run stopped before its end: run it again
+    ABORTED = "aborted"  # a second SIGINT: stopped at once, nothing more committed
 
 
 @dataclass
@@ -150,6 +163,7 @@ class RunSummary:
     images_per_second: float = 0.0  # ingested rows per second from the first message on
     dead_letters_by_type: dict[str, int] = field(default_factory=dict)
     committed: dict[str, int] = field(default_factory=dict)
+    outcome: RunOutcome = RunOutcome.STOPPED
 
     def to_json(self) -> bytes:
         return orjson.dumps(asdict(self), option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS)
@@ -209,6 +223,8 @@ class Engine:
         self._ends: dict[PartitionKey, int] = {}
         self._starts: dict[PartitionKey, int] = {}
         self._reached: set[PartitionKey] = set()
+        # per partition, the lowest offset handed out by the consumer but not taken in
+        self._not_taken: dict[PartitionKey, int] = {}
         self._fetching: deque[_Fetching] = deque()
         self._ready: deque[tuple[Ref, ImageMessage, np.ndarray]] = deque()
         self._ready_since = 0.0
@@ -218,8 +234,12 @@ class Engine:
         self._paused = False
         self._stop = threading.Event()
         self._abort = threading.Event()
+        # set on a second SIGINT or when the drain gives up: inference stops retrying
+        self._halt_inference = threading.Event()
+        self._closing = False
         self._fatal: BaseException | None = None
         self._last_commit = 0.0
+        self._reached_end = False
         self._first_message_at: float | None = None
         self._sigint_count = 0
         self._start_spec = parse_start(settings.start_from) if settings.start_from else None
@@ -256,10 +276,8 @@ class Engine:
         self._collection = MilvusCollection(self._milvus, self.collection_name)
         try:
             created = self._collection.ensure(contract_)
-        except Exception as exc:
-            if type(exc).__name__ == "CollectionMismatchError":
-                raise EngineFatalError(str(exc)) from exc
-            raise
+        except CollectionMismatchError as exc:
+            raise EngineFatalError(str(exc)) from exc
         log.info(
             "collection ready", collection=self.collection_name, created=created, dim=contract_.dim
         )
@@ -278,6 +296,7 @@ class Engine:
             self.collection_name,
             on_results=lambda results: self._results.put(("write", results)),
             is_latest=lambda op: self._registry.is_latest(op.id, op.token),
+            rewrite_same_version=s.rewrite_same_version,
             batch_rows=s.write_batch_rows,
             max_age_s=s.write_max_age_s,
             flush_interval_s=s.flush_interval_s,
@@ -334,9 +353,17 @@ class Engine:
             self.summary.images_per_second = (
                 round(self.summary.ingested / busy, 2) if busy > 0 else 0.0
             )
+            self.summary.outcome = self._outcome()
         if self._fatal is not None:
             raise EngineFatalError(str(self._fatal)) from self._fatal
         return self.summary
+
+    def _outcome(self) -> RunOutcome:
+        if self._abort.is_set():
+            return RunOutcome.ABORTED
+        if not self._bounded:
+            return RunOutcome.STOPPED
+        return RunOutcome.FINISHED if self._reached_end else RunOutcome.STOPPED_EARLY
 
     def request_stop(self) -> None:
         """Stop intake, drain, write, commit, close (what SIGTERM does)."""
@@ -354,6 +381,7 @@ class Engine:
             self._stop.set()
             if self._sigint_count >= 2:
                 self._abort.set()
+                self._halt_inference.set()
 
         signal.signal(signal.SIGTERM, on_term)
         signal.signal(signal.SIGINT, on_int)
@@ -371,7 +399,10 @@ class Engine:
                 continue
             busy = bool(self._fetching or self._ready or self._infer_in_flight)
             timeout = 0.005 if busy else s.poll_timeout_s
-            messages = self._consumer.consume(num_messages=budget, timeout=timeout)
+            # never more than the room under the cap; at the cap the partitions are paused and
+            # this poll only serves the group (rebalances, liveness)
+            room = max(1, s.max_rows_in_flight - self._tracker.in_flight())
+            messages = self._consumer.consume(num_messages=min(budget, room), timeout=timeout)
             if self._fatal is not None:
                 break
             if messages:
@@ -380,6 +411,7 @@ class Engine:
             self._maybe_commit()
             if self._bounded and self._bounded_run_complete():
                 log.info("reached the end offsets", ends=self._ends_for_log())
+                self._reached_end = True
                 break
 
     def _pump(self) -> None:
@@ -400,6 +432,8 @@ class Engine:
             if err is not None:
                 if err.code() == KafkaError._PARTITION_EOF:
                     key = (message.topic(), message.partition())
+                    if key not in self._assigned:  # a late event of a partition given away
+                        continue
                     end = self._ends.get(key)
                     if end is not None and message.offset() >= end:
                         self._reached.add(key)
@@ -415,6 +449,7 @@ class Engine:
             offset = message.offset()
             end = self._ends.get(key)
             if end is not None and offset >= end:
+                self._not_taken.setdefault(key, offset)
                 self._reached.add(key)
                 self._consumer.pause([TopicPartition(key[0], key[1])])  # type: ignore[union-attr]
                 continue
@@ -437,7 +472,8 @@ class Engine:
     def _intake(self, ref: Ref, message: Message) -> None:
         _, ts = message.timestamp()
         kafka_ts = int(ts) if ts and ts > 0 else int(time.time() * 1000)
-        raw = _Raw(message.key(), message.value(), redrive_count(message.headers()), None, kafka_ts)
+        version = Version(kafka_ts, ref.partition, ref.offset)
+        raw = _Raw(message.key(), message.value(), redrive_count(message.headers()), None, version)
         self._raw[ref] = raw
         try:
             msg = decode_message(
@@ -447,10 +483,10 @@ class Engine:
             self._dead_letter(ref, Stage.PARSE, exc.error_type, str(exc))
             return
         raw.id = msg.id
-        self._registry.register(msg.id, ref)
+        self._registry.register(msg.id, ref, version)
         if msg.op == "delete":
             assert self._writer is not None
-            self._writer.submit([WriteOp(ref, msg.id, kafka_ts, None)])
+            self._writer.submit([WriteOp(ref, msg.id, version, None)])
             return
         assert self._io_pool is not None
         future = self._io_pool.submit(self._load, msg.uri or "")
@@ -512,7 +548,7 @@ class Engine:
             for start in range(0, len(batch), s.infer_batch_size):
                 chunk = batch[start : start + s.infer_batch_size]
                 arr = tensor[start : start + s.infer_batch_size]
-                items = [(ref, msg, self._raw[ref].kafka_ts) for ref, msg, _ in chunk]
+                items = [(ref, msg, self._raw[ref].version) for ref, msg, _ in chunk]
                 self._infer_in_flight += 1
                 assert self._infer_pool is not None
                 self._infer_pool.submit(self._infer_task, items, arr)
@@ -540,7 +576,7 @@ class Engine:
         model_label = f"{self._spec.name}/{self._spec.version}"
         now_ms = int(time.time() * 1000)
         ops: list[WriteOp] = []
-        for (ref, msg, kafka_ts), vec, ok in zip(items, unit, valid, strict=True):
+        for (ref, msg, version), vec, ok in zip(items, unit, valid, strict=True):
             if not ok:
                 reason = "the model returned a NaN, infinite or zero vector"
                 self._results.put(
@@ -554,11 +590,11 @@ class Engine:
                 "metadata": msg.metadata,
                 "model": model_label,
                 "ingested_at": now_ms,
-                "kafka_ts": kafka_ts,
-                "kafka_partition": ref.partition,
-                "kafka_offset": ref.offset,
+                "kafka_ts": version.ts,
+                "kafka_partition": version.partition,
+                "kafka_offset": version.offset,
             }
-            ops.append(WriteOp(ref, msg.id, kafka_ts, row))
+            ops.append(WriteOp(ref, msg.id, version, row))
         if ops:
             self._writer.submit(ops)
 
@@ -566,7 +602,7 @@ class Engine:
         """Vectors for ``arr``; None when the input was refused (then handled image by image)."""
         assert self._triton is not None
         attempt = 0
-        while not self._abort.is_set():
+        while not self._halt_inference.is_set():
             started = time.perf_counter()
             try:
                 vectors = self._triton.infer(arr)
@@ -579,7 +615,7 @@ class Engine:
                 delay = random.uniform(delay / 2, delay)
                 if attempt == 1 or attempt % 10 == 0:
                     log.warning("triton unavailable, retrying", attempt=attempt, error=str(exc))
-                self._abort.wait(delay)
+                self._halt_inference.wait(delay)
             except InferenceRejectedError as exc:
                 if len(items) == 1:
                     ref = items[0][0]
@@ -682,7 +718,7 @@ class Engine:
                     key=raw.key,
                     value=raw.value,
                     headers=headers,
-                    timestamp=raw.kafka_ts,  # a redriven record keeps its age (stale guard)
+                    timestamp=raw.version.ts,  # a redriven record keeps its age (stale guard)
                     on_delivery=partial(self._on_dlq_delivery, job),
                 )
                 return
@@ -753,6 +789,7 @@ class Engine:
     def _commit(self, keys: list[PartitionKey]) -> bool:
         if self._consumer is None or not keys:
             return True
+        self._skip_invisible(keys)
         positions = self._tracker.committable(keys)
         if not positions:
             return True
@@ -774,6 +811,31 @@ class Engine:
             self.summary.committed[f"{topic}:{part}"] = off
             self.metrics.set_uncommitted(topic, part, self._tracker.uncommitted((topic, part)))
         return True
+
+    def _skip_invisible(self, keys: list[PartitionKey]) -> None:
+        """Move idle partitions past records the consumer never hands out (transaction
+        markers, aborted records), so a finished partition commits its end and shows no lag.
+
+        The consumer's position is the next offset it would hand out; it is taken only when
+        nothing of the partition is in flight, never past a record that was handed out but not
+        taken in (past a bounded run's end, or polled while draining)."""
+        assert self._consumer is not None
+        idle = [k for k in keys if not self._tracker.in_flight(k)]
+        if not idle:
+            return
+        try:
+            positions = self._consumer.position([TopicPartition(t, p) for t, p in idle])
+        except KafkaException as exc:
+            log.warning("could not read the consumer's positions", error=str(exc))
+            return
+        for tp in positions:
+            key = (tp.topic, tp.partition)
+            target = min(tp.offset, self._not_taken.get(key, tp.offset))
+            end = self._ends.get(key)
+            if end is not None:
+                target = min(target, end)
+            if target >= 0:
+                self._tracker.skip_to(key, target)
 
     # ======================================================================= backpressure
     def _apply_backpressure(self) -> None:
@@ -898,13 +960,18 @@ class Engine:
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         keys = [(tp.topic, tp.partition) for tp in partitions]
         if not self._abort.is_set():
-            deadline = time.monotonic() + self.settings.drain_timeout_s
-            while time.monotonic() < deadline and any(self._tracker.in_flight(k) for k in keys):
-                self._pump()
-                time.sleep(0.005)
+            if not self._closing:  # while closing nothing can finish any more: do not wait
+                self._finish_in_flight(keys)
             self._commit(keys)
         self._forget(keys)
         log.info("partitions revoked", partitions=[k[1] for k in keys])
+
+    def _finish_in_flight(self, keys: list[PartitionKey]) -> None:
+        """Let the work of ``keys`` finish (bounded by the drain timeout) before they go."""
+        deadline = time.monotonic() + self.settings.drain_timeout_s
+        while time.monotonic() < deadline and any(self._tracker.in_flight(k) for k in keys):
+            self._pump()
+            time.sleep(0.005)
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         keys = [(tp.topic, tp.partition) for tp in partitions]
@@ -919,6 +986,9 @@ class Engine:
             self._gen_counter += 1
             self._gen[key] = self._gen_counter  # late results of the old generation are ignored
             self._assigned.discard(key)
+            # given back later, it is read again from the group's commit up to its end
+            self._reached.discard(key)
+            self._not_taken.pop(key, None)
             self.metrics.forget_partition(key[0], key[1])
         stale = [ref for ref in self._raw if ref.key in keys]
         for ref in stale:
@@ -956,8 +1026,14 @@ class Engine:
             and (self._tracker.in_flight() or self._dlq_pending)
         ):
             self._pump()
-            self._consumer.consume(num_messages=1, timeout=0.01)  # keep the group alive
+            for message in self._consumer.consume(num_messages=1, timeout=0.01):  # the group
+                if message.error() is None:  # (paused: none expected) never committed past
+                    key = (message.topic(), message.partition())
+                    self._not_taken[key] = min(
+                        self._not_taken.get(key, sys.maxsize), message.offset()
+                    )
         if self._tracker.in_flight():
+            self._halt_inference.set()  # e.g. Triton down: stop retrying, the pool can stop
             log.warning(
                 "drain timed out; uncommitted work will be redone after restart",
                 rows_in_flight=self._tracker.in_flight(),
@@ -965,6 +1041,8 @@ class Engine:
         self._commit(sorted(self._assigned))
 
     def _close(self) -> None:
+        self._closing = True  # consumer.close() revokes: nothing can finish any more
+        self._halt_inference.set()
         if self._writer is not None:
             if self._abort.is_set():
                 self._writer.abort()
@@ -1033,10 +1111,8 @@ def wait_for_model_spec(endpoint: TritonEndpoint, s: Settings, stop: threading.E
             log.warning("waiting for Triton", url=s.triton_url, error=str(exc))
             stop.wait(delay)
             delay = min(5.0, delay * 2)
-        except Exception as exc:
-            if type(exc).__name__ == "ModelMismatchError":
-                raise EngineFatalError(str(exc)) from exc
-            raise
+        except ModelMismatchError as exc:
+            raise EngineFatalError(str(exc)) from exc
 
 
 def collection_contract(spec: ModelSpec) -> CollectionContract:

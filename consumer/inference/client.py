@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -20,6 +20,9 @@ from consumer.inference.exceptions import (
     ModelMismatchError,
 )
 from schemas import preprocessing as contract
+
+#: How long one readiness probe may wait for Triton.
+READINESS_TIMEOUT_S = 2.0
 
 _REJECT_STATUSES = {"StatusCode.INVALID_ARGUMENT", "400", "StatusCode.OUT_OF_RANGE"}
 
@@ -94,6 +97,7 @@ class TritonInference:
         self.spec = spec
         self._local = threading.local()
         self._clients: list[Any] = []
+        self._probe_client: Any = None
         self._lock = threading.Lock()
 
     def _client(self) -> Any:
@@ -140,15 +144,39 @@ class TritonInference:
         return vectors.reshape(data.shape[0], -1).astype(np.float32, copy=False)
 
     def is_ready(self) -> bool:
-        """Whether Triton reports the model ready (used by /readyz)."""
+        """Whether Triton reports the model ready, within ``READINESS_TIMEOUT_S`` (``/readyz``).
+
+        Probes come from a new thread each (the health server's), so they must not take a
+        per-thread inference client: gRPC probes share one client (its channel is thread-safe);
+        an HTTP client is bound to the thread that made it (gevent), so each HTTP probe opens a
+        short-lived one and closes it.
+        """
         try:
-            return bool(self._client().is_model_ready(self.spec.name, self.spec.version))
+            if self.endpoint.protocol == "grpc":
+                return bool(
+                    self._readiness_client().is_model_ready(
+                        self.spec.name, self.spec.version, client_timeout=READINESS_TIMEOUT_S
+                    )
+                )
+            client = _new_client(replace(self.endpoint, timeout_s=READINESS_TIMEOUT_S))
+            try:
+                return bool(client.is_model_ready(self.spec.name, self.spec.version))
+            finally:
+                client.close()
         except Exception:
             return False
+
+    def _readiness_client(self) -> Any:
+        with self._lock:
+            if self._probe_client is None:
+                self._probe_client = _new_client(self.endpoint)
+                self._clients.append(self._probe_client)
+            return self._probe_client
 
     def close(self) -> None:
         with self._lock:
             clients, self._clients = self._clients, []
+            self._probe_client = None
         for client in clients:
             with contextlib.suppress(Exception):  # closing is best effort
                 client.close()

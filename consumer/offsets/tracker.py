@@ -48,6 +48,16 @@ class OffsetTracker:
         part.last_delivered = offset
         part.pending.append(offset)
 
+    def skip_to(self, key: PartitionKey, offset: int) -> bool:
+        """Offsets below ``offset`` that were never delivered (transaction markers, records of
+        aborted transactions) need no work: when nothing of the partition is pending, its
+        position moves to ``offset``. Returns whether it moved."""
+        part = self._partitions.setdefault(key, _Partition())
+        if part.pending or offset <= part.last_delivered + 1:
+            return False
+        part.last_delivered = offset - 1
+        return True
+
     def finished(self, key: PartitionKey, offset: int) -> None:
         """Record that ``offset`` is durably handled (written or dead-lettered)."""
         part = self._partitions.get(key)

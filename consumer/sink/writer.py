@@ -2,9 +2,9 @@
 
 Guarantees:
 - An operation is reported back (``on_results``) only after Milvus acknowledged it, or after it was
-  skipped for a reason that makes skipping correct (superseded by a later message of the same id
-  in this process, or older than the row already stored: the stale-write guard).
-- Within one group each id is written once, with its latest operation.
+  skipped for a reason that makes skipping correct (superseded by a higher version of the same id
+  in this process, or not newer than the row already stored: the stale-write guard).
+- Within one group each id is written once, with its highest version (:class:`schemas.Version`).
 - Failures are retried with exponential backoff and jitter until they pass or the writer is aborted;
   nothing is reported for operations that were not written, so their offsets are never committed.
 - ``flush()`` is never called per group (it seals tiny segments): only every ``flush_interval_s``
@@ -22,7 +22,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from schemas import Version
+
 log = logging.getLogger(__name__)
+
+#: The row fields that hold the version a row was written at (see :class:`schemas.Version`).
+VERSION_FIELDS = ("kafka_ts", "kafka_partition", "kafka_offset")
 
 Outcome = Literal["written", "deleted", "skipped_stale", "superseded"]
 
@@ -33,7 +38,7 @@ class WriteOp:
 
     token: Any
     id: str
-    kafka_ts: int
+    version: Version
     row: dict[str, Any] | None
 
 
@@ -53,6 +58,7 @@ class MilvusWriter:
         *,
         on_results: Callable[[list[WriteResult]], None],
         is_latest: Callable[[WriteOp], bool] = lambda op: True,
+        rewrite_same_version: bool = False,
         batch_rows: int = 256,
         max_age_s: float = 0.2,
         flush_interval_s: float | None = None,
@@ -64,6 +70,7 @@ class MilvusWriter:
         self._collection = collection
         self._on_results = on_results
         self._is_latest = is_latest
+        self._rewrite_same_version = rewrite_same_version
         self._batch_rows = batch_rows
         self._max_age_s = max_age_s
         self._flush_interval_s = flush_interval_s
@@ -206,24 +213,14 @@ class MilvusWriter:
                 log.warning("milvus load_collection failed: %s", load_exc)
 
     def _write(self, group: list[WriteOp]) -> list[WriteResult]:
-        results: list[WriteResult] = []
-        latest: dict[str, WriteOp] = {}
-        for op in group:
-            if not self._is_latest(op):
-                results.append(WriteResult(op.token, "superseded"))
-                continue
-            earlier = latest.get(op.id)
-            if earlier is not None:
-                results.append(WriteResult(earlier.token, "superseded"))
-            latest[op.id] = op
+        results, latest = self._latest_per_id(group)
         if not latest:
             return results
-        stored = self._stored_timestamps(list(latest))
+        stored = self._stored_versions(list(latest))
         upserts: list[WriteOp] = []
         deletes: list[WriteOp] = []
         for op in latest.values():
-            ts = stored.get(op.id)
-            if ts is not None and op.kafka_ts < ts:
+            if not self._newer_than_stored(op, stored.get(op.id)):
                 results.append(WriteResult(op.token, "skipped_stale"))
             elif op.row is None:
                 deletes.append(op)
@@ -237,6 +234,32 @@ class MilvusWriter:
         results.extend(WriteResult(op.token, "deleted") for op in deletes)
         return results
 
-    def _stored_timestamps(self, ids: list[str]) -> dict[str, int]:
-        rows = self._client.get(self._collection, ids=ids, output_fields=["id", "kafka_ts"])
-        return {str(r["id"]): int(r["kafka_ts"]) for r in rows}
+    def _latest_per_id(self, group: list[WriteOp]) -> tuple[list[WriteResult], dict[str, WriteOp]]:
+        """The highest version per id in ``group``; the others are reported superseded."""
+        superseded: list[WriteResult] = []
+        latest: dict[str, WriteOp] = {}
+        for op in group:
+            if not self._is_latest(op):
+                superseded.append(WriteResult(op.token, "superseded"))
+                continue
+            other = latest.get(op.id)
+            if other is not None and other.version > op.version:
+                superseded.append(WriteResult(op.token, "superseded"))
+                continue
+            if other is not None:
+                superseded.append(WriteResult(other.token, "superseded"))
+            latest[op.id] = op
+        return superseded, latest
+
+    def _newer_than_stored(self, op: WriteOp, stored: Version | None) -> bool:
+        """The stale-write guard: only a strictly higher version than the stored row's is
+        written (an equal one too with ``rewrite_same_version``, never an older one)."""
+        if stored is None:
+            return True
+        if self._rewrite_same_version:
+            return op.version >= stored
+        return op.version > stored
+
+    def _stored_versions(self, ids: list[str]) -> dict[str, Version]:
+        rows = self._client.get(self._collection, ids=ids, output_fields=["id", *VERSION_FIELDS])
+        return {str(r["id"]): Version.of_row(r) for r in rows}

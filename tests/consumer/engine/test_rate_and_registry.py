@@ -6,17 +6,28 @@ import pytest
 
 from consumer.engine.loop import _RateLimiter
 from consumer.engine.registry import LatestRegistry
+from schemas import Version
 
 
 def test_registry_latest_wins_until_all_in_flight_are_released() -> None:
     reg = LatestRegistry()
-    reg.register("x", 1)
-    reg.register("x", 2)
+    reg.register("x", 1, Version(10, 0, 1))
+    reg.register("x", 2, Version(10, 0, 2))
     assert not reg.is_latest("x", 1) and reg.is_latest("x", 2)
     reg.release("x")  # the later one finished first
     assert not reg.is_latest("x", 1), "the earlier one must stay superseded while in flight"
     reg.release("x")
     assert len(reg) == 0 and reg.is_latest("x", 1)
+
+
+def test_registry_keeps_the_highest_version_not_the_last_registered() -> None:
+    """A redriven old record polled after the current one must not supersede it."""
+    reg = LatestRegistry()
+    reg.register("x", "current", Version(2_000, 0, 7))
+    reg.register("x", "redriven", Version(1_000, 0, 8))
+    assert reg.is_latest("x", "current") and not reg.is_latest("x", "redriven")
+    reg.register("x", "same-ms-later-offset", Version(2_000, 0, 9))
+    assert reg.is_latest("x", "same-ms-later-offset")
 
 
 def test_rate_limiter_refills_at_the_rate(monkeypatch: pytest.MonkeyPatch) -> None:

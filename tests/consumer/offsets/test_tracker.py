@@ -138,3 +138,21 @@ def test_drop_forgets_partition() -> None:
     assert not tracker.knows(TP, 1)
     assert tracker.position(TP) is None
     assert tracker.committable() == {}
+
+
+def test_skip_to_moves_an_idle_partition_past_records_never_delivered() -> None:
+    """Transaction markers are never handed out: an idle partition's position moves past them,
+    a partition with work pending does not move, and a position behind the watermark is ignored."""
+    tracker = OffsetTracker()
+    key = ("t", 0)
+    tracker.delivered(key, 0)
+    tracker.delivered(key, 1)
+    assert not tracker.skip_to(key, 3), "work is pending"
+    tracker.finished(key, 0)
+    tracker.finished(key, 1)
+    assert tracker.committable([key]) == {key: 2}
+    assert tracker.skip_to(key, 3)
+    assert tracker.committable([key]) == {key: 3}
+    assert not tracker.skip_to(key, 2)
+    tracker.delivered(key, 4)  # later records are delivered as usual
+    assert tracker.committable([key]) == {key: 4}

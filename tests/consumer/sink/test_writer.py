@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 from consumer.sink import MilvusWriter, WriteOp, WriteResult
+from schemas import Version
 
 
 class FakeMilvus:
@@ -43,8 +44,12 @@ class FakeMilvus:
         self.flushes += 1
 
 
-def _row(id_: str, ts: int, tag: str) -> dict[str, Any]:
-    return {"id": id_, "kafka_ts": ts, "tag": tag}
+def _row(id_: str, ts: int, tag: str, offset: int = 0) -> dict[str, Any]:
+    return {"id": id_, "kafka_ts": ts, "kafka_partition": 0, "kafka_offset": offset, "tag": tag}
+
+
+def _v(ts: int, offset: int = 0) -> Version:
+    return Version(ts, 0, offset)
 
 
 def _writer(client: FakeMilvus, results: list[WriteResult], **kwargs: Any) -> MilvusWriter:
@@ -69,9 +74,9 @@ def test_groups_rows_and_keeps_the_latest_op_per_id() -> None:
     writer.start()
     writer.submit(
         [
-            WriteOp(1, "a", 10, _row("a", 10, "old")),
-            WriteOp(2, "b", 10, _row("b", 10, "b")),
-            WriteOp(3, "a", 11, _row("a", 11, "new")),
+            WriteOp(1, "a", _v(10), _row("a", 10, "old")),
+            WriteOp(2, "b", _v(10), _row("b", 10, "b")),
+            WriteOp(3, "a", _v(11), _row("a", 11, "new")),
         ]
     )
     _wait_for(results, 3)
@@ -89,9 +94,9 @@ def test_stale_writes_and_superseded_tokens_are_skipped() -> None:
     writer.start()
     writer.submit(
         [
-            WriteOp("stale", "x", 50, _row("x", 50, "older")),
-            WriteOp("old", "y", 10, _row("y", 10, "y")),
-            WriteOp("del", "z", 10, None),
+            WriteOp("stale", "x", _v(50), _row("x", 50, "older")),
+            WriteOp("old", "y", _v(10), _row("y", 10, "y")),
+            WriteOp("del", "z", _v(10), None),
         ]
     )
     _wait_for(results, 3)
@@ -113,7 +118,7 @@ def test_failures_are_retried_and_nothing_is_reported_before_success() -> None:
         on_retry=lambda exc, delay: retries.append(delay),
     )
     writer.start()
-    writer.submit([WriteOp(1, "a", 1, _row("a", 1, "a"))])
+    writer.submit([WriteOp(1, "a", _v(1), _row("a", 1, "a"))])
     _wait_for(results, 1)
     writer.close()
     assert len(retries) == 3
@@ -126,8 +131,68 @@ def test_abort_reports_nothing_unwritten() -> None:
     client.fail = 10**6
     writer = _writer(client, results, max_age_s=0.01, max_backoff_s=0.01)
     writer.start()
-    writer.submit([WriteOp(1, "a", 1, _row("a", 1, "a"))])
+    writer.submit([WriteOp(1, "a", _v(1), _row("a", 1, "a"))])
     time.sleep(0.1)
     writer.abort()
     time.sleep(0.1)
     assert results == []
+
+
+def test_the_highest_version_wins_within_a_group_whatever_the_order() -> None:
+    """A newer version submitted before an older one of the same id (e.g. a redriven old record
+    polled after the current one) is the one written; the older one is superseded."""
+    client, results = FakeMilvus(), []
+    writer = _writer(client, results, batch_rows=10, max_age_s=0.05)
+    writer.start()
+    writer.submit(
+        [
+            WriteOp("new", "a", _v(20), _row("a", 20, "new")),
+            WriteOp("old", "a", _v(10), _row("a", 10, "old")),
+        ]
+    )
+    _wait_for(results, 2)
+    assert writer.close()
+    assert {r.token: r.outcome for r in results} == {"new": "written", "old": "superseded"}
+    assert client.rows["a"]["tag"] == "new"
+
+
+def test_same_millisecond_older_offset_never_overwrites_and_equal_is_not_rewritten() -> None:
+    """Records of one millisecond are ordered by partition and offset: an older offset with the
+    stored row's timestamp is stale; the very same version is not rewritten (a replay)."""
+    client, results = FakeMilvus(), []
+    client.rows["x"] = _row("x", 100, "stored", offset=5)
+    client.rows["y"] = _row("y", 100, "stored", offset=5)
+    writer = _writer(client, results, max_age_s=0.01)
+    writer.start()
+    writer.submit(
+        [
+            WriteOp("older", "x", _v(100, 4), _row("x", 100, "older", offset=4)),
+            WriteOp("same", "y", _v(100, 5), _row("y", 100, "again", offset=5)),
+        ]
+    )
+    _wait_for(results, 2)
+    writer.close()
+    assert {r.token: r.outcome for r in results} == {
+        "older": "skipped_stale",
+        "same": "skipped_stale",
+    }
+    assert client.rows["x"]["tag"] == "stored" and client.rows["y"]["tag"] == "stored"
+    assert client.upserts == []
+
+
+def test_rewrite_same_version_rewrites_equal_versions_but_never_older_ones() -> None:
+    client, results = FakeMilvus(), []
+    client.rows["x"] = _row("x", 100, "stored", offset=5)
+    client.rows["y"] = _row("y", 100, "stored", offset=5)
+    writer = _writer(client, results, max_age_s=0.01, rewrite_same_version=True)
+    writer.start()
+    writer.submit(
+        [
+            WriteOp("older", "x", _v(100, 4), _row("x", 100, "older", offset=4)),
+            WriteOp("same", "y", _v(100, 5), _row("y", 100, "again", offset=5)),
+        ]
+    )
+    _wait_for(results, 2)
+    writer.close()
+    assert {r.token: r.outcome for r in results} == {"older": "skipped_stale", "same": "written"}
+    assert client.rows["x"]["tag"] == "stored" and client.rows["y"]["tag"] == "again"
