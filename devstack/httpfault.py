@@ -8,7 +8,9 @@ raw request target, and applies the first matching fault:
 - ``slowdown``: answer ``503`` with S3's ``SlowDown`` error body instead of forwarding;
 - ``status``: answer ``status`` with an S3-style error ``code``;
 - ``slow_body``: forward, then send the upstream body ``chunk_bytes`` at a time with ``delay_s``
-  between chunks.
+  between chunks;
+- ``chunked``: forward, but send the body chunked, without its ``Content-Length`` (a client
+  then learns the size only by reading).
 
 A fault matches a request whose target contains ``match``; ``times`` bounds how many requests it
 applies to (``None``: all). It runs a threaded server in the test process.
@@ -83,13 +85,23 @@ class _Handler(BaseHTTPRequestHandler):
             upstream.request(self.command, self.path, body=body or None, headers=headers)
             resp = upstream.getresponse()
             data = resp.read()
+            chunked = fault is not None and fault.kind == "chunked"
             self.send_response(resp.status, resp.reason)
             for name, value in resp.getheaders():
                 if name.lower() not in _HOP_BY_HOP and name.lower() != "content-length":
                     self.send_header(name, value)
-            self.send_header("Content-Length", str(len(data)))
+            if chunked:
+                self.send_header("Transfer-Encoding", "chunked")
+            else:
+                self.send_header("Content-Length", str(len(data)))
             self.end_headers()
             if self.command == "HEAD":
+                return
+            if chunked:
+                for start in range(0, len(data), 64 * 1024):
+                    piece = data[start : start + 64 * 1024]
+                    self.wfile.write(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
+                self.wfile.write(b"0\r\n\r\n")
                 return
             if fault is not None and fault.kind == "slow_body":
                 self.close_connection = True
@@ -150,8 +162,8 @@ class HttpFaultProxy:
         self._thread.join(10)
 
     def add_fault(self, kind: str, **options: Any) -> Fault:
-        """Add a fault (``slowdown``, ``status`` or ``slow_body``); returns it (``applied``)."""
-        if kind not in ("slowdown", "status", "slow_body"):
+        """Add a fault (``slowdown``, ``status``, ``slow_body``, ``chunked``); returns it."""
+        if kind not in ("slowdown", "status", "slow_body", "chunked"):
             raise ValueError(f"unknown fault kind {kind!r}")
         fault = Fault(kind, **options)
         with self._lock:

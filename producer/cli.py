@@ -383,9 +383,7 @@ def publish(
 def scan_command(
     source: Annotated[
         str,
-        typer.Argument(
-            help="A directory, a file:// URI, or an fsspec URL such as s3://bucket/prefix."
-        ),
+        typer.Argument(help="A directory, a file:// URI, or s3://bucket/prefix."),
     ],
     topic: Topic,
     id_from: IdFromOpt = "uri",
@@ -395,8 +393,8 @@ def scan_command(
         typer.Option(
             "--storage-option",
             metavar="NAME=VALUE",
-            help="fsspec storage option, repeatable (e.g. endpoint_url=http://host:9000). "
-            "Never printed.",
+            help="S3 setting, repeatable: endpoint_url, region, path_style, requester_pays "
+            "(the consumer's --s3-* settings; e.g. endpoint_url=http://host:9000). Never printed.",
         ),
     ] = None,
     rate: RateOpt = None,

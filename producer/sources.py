@@ -1,4 +1,4 @@
-"""Where messages come from: URI lists, JSON lines, directory scans and fsspec URLs.
+"""Where messages come from: URI lists, JSON lines, directory scans and ``s3://`` listings.
 
 Every source yields :class:`Item` values in a stable order: either a message ready to send or a
 reason why one line or file could not become one (reported, never sent).
@@ -34,6 +34,8 @@ IMAGE_EXTENSIONS: Final = frozenset(
 #: Largest file read to hash its content for ``--id-from content``.
 MAX_CONTENT_BYTES: Final = 256 * 1024 * 1024
 _MAGIC_READ_BYTES: Final = 16
+#: ``--storage-option`` names, the consumer's ``s3_*`` settings with or without the prefix.
+STORAGE_OPTIONS: Final = ("endpoint_url", "region", "path_style", "requester_pays")
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +90,7 @@ def read_uri_bytes(
     storage_options: Mapping[str, Any] | None = None,
     timeout_s: float = 30.0,
 ) -> bytes:
-    """The bytes behind ``uri`` (file, http(s), or any fsspec protocol), at most ``max_bytes``.
+    """The bytes behind ``uri`` (file, http(s) or s3), at most ``max_bytes``.
 
     Raises :class:`SourceUnavailable` with a redacted URI when it cannot be read.
     """
@@ -99,9 +101,11 @@ def read_uri_bytes(
                 data = _read_bounded(stream, max_bytes)
         elif scheme in ("http", "https"):
             data = _read_http(uri, max_bytes, timeout_s)
+        elif scheme == "s3":
+            data = _read_s3(uri, max_bytes, storage_options or {})
         else:
-            data = _read_fsspec(uri, max_bytes, storage_options or {})
-    except SourceUnavailable:
+            raise InvalidInput(f"cannot read {scheme}:// URIs here: {redact_uri(uri)}")
+    except (SourceUnavailable, InvalidInput):
         raise
     except Exception as exc:  # any I/O or client error: report it for this item only
         raise SourceUnavailable(
@@ -133,21 +137,69 @@ def _read_http(uri: str, max_bytes: int, timeout_s: float) -> bytes:
     return b"".join(chunks)
 
 
-def _read_fsspec(uri: str, max_bytes: int, storage_options: Mapping[str, Any]) -> bytes:
-    fsspec = import_fsspec()
-    fs, path = fsspec.core.url_to_fs(uri, **storage_options)
-    return _read_bounded(fs.open(fs_path_from_uri(path), "rb"), max_bytes)
+def s3_client(storage_options: Mapping[str, Any]) -> Any:
+    """A botocore S3 client configured like the consumer's (same settings, same library).
 
-
-def import_fsspec() -> Any:
-    """fsspec, or a clear message naming the optional extra that installs it."""
+    ``storage_options`` (from ``--storage-option``) win over ``IMAGE_EMBEDDER_S3_*`` variables;
+    without an endpoint, ``AWS_ENDPOINT_URL`` or AWS applies. Credentials come from the AWS
+    chain (environment, profiles, SSO, web identity, instance role), never from options.
+    """
     try:
-        import fsspec
-    except ImportError:
-        raise InvalidInput(
-            "object-store URLs need the optional 's3' extra: pip install 'image-embedder[s3]'"
-        ) from None
-    return fsspec
+        from consumer.fetch.policy import FetchPolicy
+        from consumer.fetch.s3 import make_client
+    except ImportError as exc:
+        raise InvalidInput(f"s3:// needs botocore: {exc}") from None
+    values: dict[str, Any] = {}
+    for name in STORAGE_OPTIONS:
+        env = os.environ.get(f"IMAGE_EMBEDDER_S3_{name.upper()}", "").strip()
+        if env:
+            values[name] = env
+    for raw_name, value in storage_options.items():
+        name = raw_name.lower().removeprefix("s3_")
+        if name not in STORAGE_OPTIONS:
+            known = ", ".join(STORAGE_OPTIONS)
+            raise InvalidInput(f"unknown --storage-option {raw_name!r} (known: {known})")
+        values[name] = value
+    for flag in ("path_style", "requester_pays"):
+        if flag in values and not isinstance(values[flag], bool):
+            text = str(values[flag]).strip().lower()
+            if text not in ("true", "false", "1", "0", "yes", "no"):
+                raise InvalidInput(f"--storage-option {flag} must be true or false")
+            values[flag] = text in ("true", "1", "yes")
+    policy = FetchPolicy(
+        s3_endpoint_url=values.get("endpoint_url") or None,
+        s3_region=values.get("region") or None,
+        s3_path_style=bool(values.get("path_style", False)),
+        s3_requester_pays=bool(values.get("requester_pays", False)),
+    )
+    return make_client(policy), policy.s3_requester_pays
+
+
+def _read_s3(uri: str, max_bytes: int, storage_options: Mapping[str, Any]) -> bytes:
+    from consumer.fetch.s3 import parse_s3_uri
+
+    client, requester_pays = s3_client(storage_options)
+    obj = parse_s3_uri(uri)
+    return _s3_object_reader(client, obj.bucket, obj.key, obj.version_id, requester_pays)()
+
+
+def _s3_object_reader(
+    client: Any, bucket: str, key: str, version_id: str | None, requester_pays: bool
+) -> Callable[[], bytes]:
+    def read() -> bytes:
+        params: dict[str, str] = {"Bucket": bucket, "Key": key}
+        if version_id is not None:
+            params["VersionId"] = version_id
+        if requester_pays:
+            params["RequestPayer"] = "requester"
+        response = client.get_object(**params)
+        size = response.get("ContentLength")
+        if isinstance(size, int) and size > MAX_CONTENT_BYTES:
+            response["Body"].close()
+            raise SourceUnavailable(f"larger than {MAX_CONTENT_BYTES} bytes")
+        return _read_bounded(response["Body"], MAX_CONTENT_BYTES)
+
+    return read
 
 
 def file_uri_to_path(uri: str) -> str:
@@ -156,11 +208,6 @@ def file_uri_to_path(uri: str) -> str:
     if parts.netloc not in ("", "localhost"):
         raise InvalidInput(f"file URI with a host is not supported: {redact_uri(uri)}")
     return unquote(parts.path)
-
-
-def fs_path_from_uri(path: str) -> str:
-    """fsspec paths are not percent-encoded; URIs are."""
-    return unquote(path)
 
 
 # -- messages from raw inputs -------------------------------------------------------------------
@@ -230,7 +277,7 @@ class ScanEntry:
 
 
 def scan(source: str, storage_options: Mapping[str, Any] | None = None) -> Iterator[ScanEntry]:
-    """Images under ``source``: a local directory (or ``file://`` URI) or an fsspec URL.
+    """Images under ``source``: a local directory (or ``file://`` URI) or ``s3://bucket/prefix``.
 
     Local files are recognised by their leading bytes (any name); objects in a store by their
     extension. Both are walked recursively, in sorted order, skipping hidden entries (``.*``).
@@ -239,8 +286,12 @@ def scan(source: str, storage_options: Mapping[str, Any] | None = None) -> Itera
     if scheme in ("", "file"):
         root = Path(file_uri_to_path(source) if scheme == "file" else source)
         yield from scan_directory(root)
+    elif scheme == "s3":
+        yield from scan_s3(source, storage_options or {})
     else:
-        yield from scan_fsspec(source, storage_options or {})
+        raise InvalidInput(
+            f"cannot scan {scheme}:// (a directory, a file:// URI or s3://bucket/prefix)"
+        )
 
 
 def scan_directory(root: Path) -> Iterator[ScanEntry]:
@@ -284,32 +335,42 @@ def _local_reader(path: Path) -> Callable[[], bytes]:
     return read
 
 
-def scan_fsspec(url: str, storage_options: Mapping[str, Any]) -> Iterator[ScanEntry]:
-    """Objects with an image extension under an fsspec URL (e.g. ``s3://bucket/prefix``)."""
-    fsspec = import_fsspec()
-    scheme = urlsplit(url).scheme.lower()
+def scan_s3(url: str, storage_options: Mapping[str, Any]) -> Iterator[ScanEntry]:
+    """Objects with an image extension under ``s3://bucket/prefix``, sorted by key.
+
+    The prefix is a plain key prefix (``s3://b/set1`` also lists ``set10/...``; end it with ``/``
+    for one folder). Keys are published percent-encoded, exactly (``a//b`` stays ``a//b``).
+    """
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    parts = urlsplit(url)
+    bucket = parts.netloc
+    if not bucket or parts.query or parts.fragment:
+        raise InvalidInput(f"expected s3://bucket[/prefix]: {redact_uri(url)}")
+    prefix = unquote(parts.path[1:])
+    client, requester_pays = s3_client(storage_options)
+    params: dict[str, str] = {"Bucket": bucket, "Prefix": prefix}
+    if requester_pays:
+        params["RequestPayer"] = "requester"
     try:
-        fs, root = fsspec.core.url_to_fs(url, **storage_options)
-        paths = sorted(fs.find(root, withdirs=False))
-    except ImportError as exc:
-        raise InvalidInput(f"no filesystem for {scheme}:// ({exc})") from None
-    except Exception as exc:  # credentials, network, missing bucket: one clear line
+        keys = sorted(
+            obj["Key"]
+            for page in client.get_paginator("list_objects_v2").paginate(**params)
+            for obj in page.get("Contents", [])
+        )
+    except ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code", "")
+        raise SourceUnavailable(f"cannot list {redact_uri(url)}: {code or exc}") from None
+    except BotoCoreError as exc:  # credentials, network: one clear line
         raise SourceUnavailable(
             f"cannot list {redact_uri(url)}: {type(exc).__name__}: {exc}"
         ) from None
-    for path in paths:
-        name = path.rsplit("/", 1)[-1]
+    for key in keys:
+        name = key.rsplit("/", 1)[-1]
         if name.startswith(".") or not has_image_extension(name):
             continue
-        uri = f"{scheme}://" + quote(path, safe="/")
-        yield ScanEntry(uri, _fs_reader(fs, path))
-
-
-def _fs_reader(fs: Any, path: str) -> Callable[[], bytes]:
-    def read() -> bytes:
-        return _read_bounded(fs.open(path, "rb"), MAX_CONTENT_BYTES)
-
-    return read
+        uri = f"s3://{bucket}/" + quote(key, safe="/")
+        yield ScanEntry(uri, _s3_object_reader(client, bucket, key, None, requester_pays))
 
 
 def items_from_scan(entries: Iterable[ScanEntry], options: MessageOptions) -> Iterator[Item]:

@@ -1,4 +1,4 @@
-"""Fixtures shared by every test: real Kafka, Triton and Milvus servers.
+"""Fixtures shared by every test: real Kafka, Triton, Milvus and MinIO (S3) servers.
 
 Session-scoped servers start lazily (only when a test asks for one) on free loopback ports with
 their data under pytest's temporary folder, and stop when the session ends. When
@@ -27,7 +27,14 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # devstack is a folder of the repository, not an installed package
     sys.path.insert(0, str(ROOT))
 
-from devstack import KafkaServer, MilvusServer, ServerProcess, TritonServer, free_port  # noqa: E402
+from devstack import (  # noqa: E402
+    KafkaServer,
+    MilvusServer,
+    MinioServer,
+    ServerProcess,
+    TritonServer,
+    free_port,
+)
 from devstack.kafka import fetch_kafka  # noqa: E402
 
 #: Every server a fixture started, so none outlives the session even on an abort.
@@ -108,6 +115,22 @@ def milvus_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     server.start()
     try:
         yield server.uri
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def minio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MinioServer]:
+    """A MinIO (S3) server shared by the session, built from source on first use (then cached).
+
+    Its root user bypasses every policy; tests that need a denial make restricted credentials.
+    """
+    folder = tmp_path_factory.mktemp("minio")
+    server = _tracked(MinioServer(folder / "data", folder / "minio.log", port=free_port()))
+    assert isinstance(server, MinioServer)
+    server.start()
+    try:
+        yield server
     finally:
         server.stop()
 

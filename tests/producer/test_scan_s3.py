@@ -1,17 +1,16 @@
-"""``scan s3://bucket/prefix`` through fsspec/s3fs, against moto's S3 server on loopback."""
+"""``scan s3://bucket/prefix`` through botocore (the consumer's S3 library), against MinIO."""
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
 
-import boto3
+import botocore.session
 import orjson
 import pytest
-from moto.server import ThreadedMotoServer
 from typer.testing import CliRunner
 
-from devstack import free_port
+from devstack import MinioServer
 from producer.cli import app
 from producer.sources import MessageOptions, items_from_scan, scan
 from schemas import decode_message
@@ -29,40 +28,37 @@ OBJECTS = {
 
 
 @pytest.fixture(scope="module")
-def s3_endpoint() -> Iterator[str]:
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    try:
-        client = boto3.client(
-            "s3",
-            endpoint_url=endpoint,
-            region_name="us-east-1",
-            aws_access_key_id="testing",
-            aws_secret_access_key="testing",
-        )
-        client.create_bucket(Bucket=BUCKET)
-        for key, body in OBJECTS.items():
-            client.put_object(Bucket=BUCKET, Key=key, Body=body)
-        yield endpoint
-    finally:
-        server.stop()
+def s3_endpoint(minio: MinioServer) -> Iterator[str]:
+    client = botocore.session.Session().create_client(
+        "s3",
+        endpoint_url=minio.endpoint,
+        region_name="us-east-1",
+        aws_access_key_id=minio.root_user,
+        aws_secret_access_key=minio.root_password,
+    )
+    client.create_bucket(Bucket=BUCKET)
+    for key, body in OBJECTS.items():
+        client.put_object(Bucket=BUCKET, Key=key, Body=body)
+    yield minio.endpoint
 
 
 @pytest.fixture
-def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+def aws_env(monkeypatch: pytest.MonkeyPatch, minio: MinioServer, tmp_path) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", minio.root_user)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", minio.root_password)
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    (tmp_path / "empty").write_text("")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "empty"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "empty"))
     for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):
         monkeypatch.delenv(name, raising=False)
 
 
 @pytest.mark.usefixtures("aws_env")
 def test_scan_s3_prefix_lists_images_sorted(s3_endpoint: str) -> None:
-    options = {"endpoint_url": s3_endpoint, "skip_instance_cache": True}
-    uris = [e.uri for e in scan(f"s3://{BUCKET}/set1", options)]
+    options = {"endpoint_url": s3_endpoint}
+    uris = [e.uri for e in scan(f"s3://{BUCKET}/set1/", options)]
     assert uris == [
         f"s3://{BUCKET}/set1/a.PNG",
         f"s3://{BUCKET}/set1/b.jpg",
@@ -72,9 +68,9 @@ def test_scan_s3_prefix_lists_images_sorted(s3_endpoint: str) -> None:
 
 @pytest.mark.usefixtures("aws_env")
 def test_scan_s3_content_ids(s3_endpoint: str) -> None:
-    options = {"endpoint_url": s3_endpoint, "skip_instance_cache": True}
+    options = {"s3_endpoint_url": s3_endpoint}
     items = list(
-        items_from_scan(scan(f"s3://{BUCKET}/set1", options), MessageOptions(id_from="content"))
+        items_from_scan(scan(f"s3://{BUCKET}/set1/", options), MessageOptions(id_from="content"))
     )
     ids = [i.message.id for i in items if i.message is not None]
     expected = [OBJECTS[k] for k in ("set1/a.PNG", "set1/b.jpg", "set1/nested/c d.webp")]
@@ -93,8 +89,6 @@ def test_cli_scan_s3_dry_run(s3_endpoint: str) -> None:
             "--dry-run",
             "--storage-option",
             f"endpoint_url={s3_endpoint}",
-            "--storage-option",
-            "skip_instance_cache=true",
         ],
     )
     assert result.exit_code == 0, result.output
@@ -118,12 +112,10 @@ def test_cli_scan_missing_bucket_fails_clearly(s3_endpoint: str) -> None:
             "--dry-run",
             "--storage-option",
             f"endpoint_url={s3_endpoint}",
-            "--storage-option",
-            "skip_instance_cache=true",
         ],
     )
     assert result.exit_code == 1
-    assert "cannot list s3://no-such-bucket/x" in result.stderr
+    assert "cannot list s3://no-such-bucket/x: NoSuchBucket" in result.stderr
     assert "Traceback" not in result.output
 
 
@@ -143,8 +135,6 @@ def test_scan_s3_publishes_to_kafka(
             kafka_bootstrap,
             "--storage-option",
             f"endpoint_url={s3_endpoint}",
-            "--storage-option",
-            "skip_instance_cache=true",
         ],
     )
     assert result.exit_code == 0, result.output
@@ -155,3 +145,23 @@ def test_scan_s3_publishes_to_kafka(
         f"s3://{BUCKET}/set1/nested/c%20d.webp",
     ]
     assert all(r.key == orjson.loads(r.value)["id"].encode() for r in records)
+
+
+@pytest.mark.usefixtures("aws_env")
+def test_cli_scan_unknown_storage_option_fails_clearly(s3_endpoint: str) -> None:
+    result = CliRunner().invoke(
+        app,
+        ["scan", f"s3://{BUCKET}/set2", "--topic", "t", "--dry-run", "--storage-option", "anon=1"],
+    )
+    assert result.exit_code == 1
+    assert "unknown --storage-option 'anon'" in result.stderr
+    assert "endpoint_url, region, path_style, requester_pays" in result.stderr
+
+
+@pytest.mark.usefixtures("aws_env")
+def test_scan_reads_the_consumer_s3_settings_from_the_environment(
+    s3_endpoint: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("IMAGE_EMBEDDER_S3_ENDPOINT_URL", s3_endpoint)
+    monkeypatch.setenv("IMAGE_EMBEDDER_S3_PATH_STYLE", "true")
+    assert [e.uri for e in scan(f"s3://{BUCKET}/set2/")] == [f"s3://{BUCKET}/set2/other.jpg"]
