@@ -15,6 +15,7 @@ PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
 include mk/helm.mk
+include mk/images.mk
 
 .PHONY: help
 help: ## List the targets

@@ -1,14 +1,19 @@
-# syntax=docker/dockerfile:1
-#
 # The consumer service: `python -m consumer run ...` (arguments come from the Helm chart or
 # `docker run IMAGE run --topic ...`). Build context: the repository root.
 #
 #   docker build -f docker/consumer.Dockerfile -t image-embedder-consumer .
 #
-# The base image is pinned by digest (the tag only documents it); bump both together.
+# The base image is a build argument whose default is pinned by digest (the tag only documents
+# it; bump both together). `make images` builds both images, with a stand-in base built from
+# Debian packages when the pinned one cannot be pulled (docs/operations.md).
+#
+# Legacy builder and BuildKit both work; there is no `# syntax=` line, so nothing is pulled
+# but the base.
+
+ARG BASE_IMAGE=python:3.11.13-slim-bookworm@sha256:86adf8dbadc3d6e82ee5dd2c74bec2e1c2467cdad47886280501df722372d2e1
 
 ########## build: a virtual environment from the lock file ##########
-FROM python:3.11.13-slim-bookworm@sha256:86adf8dbadc3d6e82ee5dd2c74bec2e1c2467cdad47886280501df722372d2e1 AS build
+FROM ${BASE_IMAGE} AS build
 
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
@@ -19,21 +24,32 @@ ENV PIP_NO_CACHE_DIR=1 \
 WORKDIR /src
 RUN python -m venv /opt/venv
 
-# Third-party dependencies first, in their own layer: every version comes from the lock file
-# (used as constraints, so only the service's runtime dependencies and the s3 extra are
-# installed, not the development tools the lock also pins).
-COPY requirements.lock pyproject.toml README.md ./
-RUN pip install --constraint requirements.lock ".[s3]"
+# A proxy's CA bundle for pip, when the build needs one: `make images` copies it into
+# docker/build-ca/ and passes PIP_CERT. Only this stage sees it; the runtime stage copies the
+# venv and nothing else from here.
+COPY docker/build-ca/ /etc/build-ca/
+ARG PIP_CERT
+
+# Third-party dependencies first, in their own layer, so a change to the code (or the README)
+# does not reinstall them: the runtime dependencies and the s3 extra as pyproject.toml lists
+# them, every version from the lock file (used as constraints, so the development tools the
+# lock also pins are not installed).
+COPY requirements.lock pyproject.toml ./
+RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
+print('\n'.join(p['dependencies'] + p['optional-dependencies'].get('s3', [])))" \
+        > /tmp/runtime-requirements.txt \
+    && pip install --constraint requirements.lock --requirement /tmp/runtime-requirements.txt
 
 # Then the project itself, without touching the dependencies installed above.
+COPY README.md ./
 COPY consumer/ consumer/
 COPY producer/ producer/
 COPY schemas/ schemas/
-RUN pip install --no-deps --force-reinstall . \
+RUN pip install --no-deps . \
     && pip check
 
 ########## runtime: the interpreter, the venv and nothing else ##########
-FROM python:3.11.13-slim-bookworm@sha256:86adf8dbadc3d6e82ee5dd2c74bec2e1c2467cdad47886280501df722372d2e1 AS runtime
+FROM ${BASE_IMAGE} AS runtime
 
 ARG APP_UID=10001
 ARG APP_GID=10001

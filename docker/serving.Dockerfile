@@ -1,14 +1,19 @@
-# syntax=docker/dockerfile:1
-#
 # The reference model server: EfficientNet-Lite0 in JAX behind Triton (PyTriton).
 # Build context: the repository root.
 #
 #   docker build -f docker/serving.Dockerfile -t image-embedder-serving .
 #
-# The base image is pinned by digest (the tag only documents it); bump both together.
+# The base image is a build argument whose default is pinned by digest (the tag only documents
+# it; bump both together). `make images` builds both images, with a stand-in base built from
+# Debian packages when the pinned one cannot be pulled (docs/operations.md).
+#
+# Legacy builder and BuildKit both work; there is no `# syntax=` line, so nothing is pulled
+# but the base.
+
+ARG BASE_IMAGE=python:3.11.13-slim-bookworm@sha256:86adf8dbadc3d6e82ee5dd2c74bec2e1c2467cdad47886280501df722372d2e1
 
 ########## build: the model server's own virtual environment (numpy<2) ##########
-FROM python:3.11.13-slim-bookworm@sha256:86adf8dbadc3d6e82ee5dd2c74bec2e1c2467cdad47886280501df722372d2e1 AS build
+FROM ${BASE_IMAGE} AS build
 
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
@@ -19,13 +24,19 @@ ENV PIP_NO_CACHE_DIR=1 \
 WORKDIR /src
 RUN python -m venv /opt/venv
 
+# A proxy's CA bundle for pip, when the build needs one: `make images` copies it into
+# docker/build-ca/ and passes PIP_CERT. Only this stage sees it; the runtime stage copies the
+# venv and nothing else from here.
+COPY docker/build-ca/ /etc/build-ca/
+ARG PIP_CERT
+
 # The lock file is complete, so --no-deps installs exactly what it lists.
 COPY serving/requirements.lock serving/requirements.lock
 RUN pip install --no-deps --requirement serving/requirements.lock \
     && pip check
 
 ########## runtime ##########
-FROM python:3.11.13-slim-bookworm@sha256:86adf8dbadc3d6e82ee5dd2c74bec2e1c2467cdad47886280501df722372d2e1 AS runtime
+FROM ${BASE_IMAGE} AS runtime
 
 ARG APP_UID=10001
 ARG APP_GID=10001
