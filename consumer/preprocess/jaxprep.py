@@ -9,6 +9,7 @@ Main thread only.
 
 from __future__ import annotations
 
+import gc
 import math
 import os
 import threading
@@ -31,6 +32,45 @@ def enable_compilation_cache(directory: Path | None) -> None:
     jax.config.update("jax_compilation_cache_dir", os.fspath(directory))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+class _MainThreadGc:
+    """jaxlib's garbage-collection hook, run only on the main thread.
+
+    jax registers ``_xla_gc_callback`` in ``gc.callbacks`` (it frees XLA buffers held by
+    reference cycles). Python runs GC callbacks on whichever thread allocates when a collection
+    starts, so the I/O and inference threads would call into jaxlib. This wrapper replaces the
+    hook: on the main thread it runs it; elsewhere it only notes that a collection happened, and
+    the main thread runs the hook at its next preprocessing call (``run_pending``).
+    """
+
+    def __init__(self, hook: object) -> None:
+        self.hook = hook
+        self.pending = threading.Event()
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if threading.current_thread() is threading.main_thread():
+            self.hook(phase, info)  # type: ignore[operator]
+        else:
+            self.pending.set()
+
+    def run_pending(self) -> None:
+        if self.pending.is_set():
+            self.pending.clear()
+            self.hook("stop", {"generation": 2, "collected": 0, "uncollectable": 0})  # type: ignore[operator]
+
+
+def confine_jax_gc_to_main_thread() -> _MainThreadGc | None:
+    """Replace jaxlib's GC hook in ``gc.callbacks`` by its main-thread wrapper (idempotent)."""
+    for callback in gc.callbacks:
+        if isinstance(callback, _MainThreadGc):
+            return callback
+    for index, callback in enumerate(gc.callbacks):
+        if getattr(callback, "__name__", "") == "_xla_gc_callback":
+            wrapper = _MainThreadGc(callback)
+            gc.callbacks[index] = wrapper
+            return wrapper
+    return None
 
 
 def _check_main_thread() -> None:
@@ -108,6 +148,7 @@ class Preprocessor:
         cache_dir: Path | None = None,
     ) -> None:
         _check_main_thread()
+        self._gc = confine_jax_gc_to_main_thread()
         enable_compilation_cache(cache_dir)
         self.canvas_px = canvas_px
         self.buckets = tuple(sorted(set(buckets)))
@@ -128,8 +169,13 @@ class Preprocessor:
         return self.buckets[-1]
 
     def __call__(self, squares: Sequence[np.ndarray]) -> np.ndarray:
-        """Preprocess a micro-batch; returns ``[len(squares), 224, 224, 3]`` float32."""
+        """Preprocess a micro-batch; returns ``[len(squares), 224, 224, 3]`` float32.
+
+        The result is a NumPy-owned copy: the JAX buffers are released here, on the main
+        thread, never by the inference thread that holds the array last."""
         _check_main_thread()
+        if self._gc is not None:
+            self._gc.run_pending()
         if not squares:
             return np.zeros((0, contract.CROP_PX, contract.CROP_PX, 3), np.float32)
         outputs = []
@@ -145,6 +191,6 @@ class Preprocessor:
                     raise ValueError(f"square of {square.shape} does not fit the canvas")
                 canvas[i, :side, :side] = square
                 sides[i] = side
-            result = np.asarray(self._fn(canvas, sides))
+            result = np.array(self._fn(canvas, sides), copy=True)
             outputs.append(result[: len(chunk)])
         return outputs[0] if len(outputs) == 1 else np.concatenate(outputs)
