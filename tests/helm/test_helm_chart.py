@@ -546,7 +546,18 @@ def test_backfill_job_passes_group_and_range(render: Callable[..., Rendered]) ->
     assert option_after(args, "--until") == "2024-02-01T00:00:00Z"
     assert "--until-end" not in args
     assert option_after(args, "--max-rate") == "100"
-    assert job["spec"]["template"]["spec"]["restartPolicy"] in ("OnFailure", "Never")
+    assert job["spec"]["template"]["spec"]["restartPolicy"] == "Never"
+    # a pod stopped before the end (exit 75, or evicted) is replaced without counting as failed
+    rules = job["spec"]["podFailurePolicy"]["rules"]
+    assert {
+        "action": "Ignore",
+        "onExitCodes": {"containerName": "backfill", "operator": "In", "values": [75]},
+    } in rules
+    assert {
+        "action": "Ignore",
+        "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}],
+    } in rules
+    assert all(rule["action"] == "Ignore" for rule in rules), "other failures must count"
 
     until_end = render(sets=["backfill.enabled=true", "backfill.group=reindex"]).one("Job")
     args = until_end["spec"]["template"]["spec"]["containers"][0]["args"]
