@@ -130,6 +130,29 @@ def run(
         list[str] | None, typer.Option("--allowed-network", help="CIDR allowed (repeatable).")
     ] = None,
     follow_redirects: Annotated[bool | None, typer.Option("--follow-redirects")] = None,
+    s3_endpoint_url: Annotated[
+        str | None,
+        typer.Option(
+            "--s3-endpoint-url",
+            help="S3-compatible endpoint (MinIO, Ceph, R2); over AWS_ENDPOINT_URL.",
+        ),
+    ] = None,
+    s3_region: Annotated[
+        str | None, typer.Option("--s3-region", help="S3 region (default: the AWS chain's).")
+    ] = None,
+    s3_path_style: Annotated[
+        bool | None,
+        typer.Option("--s3-path-style", help="Path-style S3 URLs (dotted bucket names over TLS)."),
+    ] = None,
+    s3_requester_pays: Annotated[
+        bool | None, typer.Option("--s3-requester-pays", help="Read requester-pays buckets.")
+    ] = None,
+    allowed_bucket: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allowed-bucket", help="Bucket s3:// URIs may name (repeatable; default: any)."
+        ),
+    ] = None,
     summary_json: Annotated[
         Path | None, typer.Option("--summary-json", help="Write the run summary here.")
     ] = None,
@@ -171,6 +194,11 @@ def run(
         allow_private_networks=allow_private_networks,
         allowed_networks=tuple(allowed_network) if allowed_network else None,
         follow_redirects=follow_redirects,
+        s3_endpoint_url=s3_endpoint_url,
+        s3_region=s3_region,
+        s3_path_style=s3_path_style,
+        s3_requester_pays=s3_requester_pays,
+        allowed_buckets=tuple(allowed_bucket) if allowed_bucket else None,
         summary_json=summary_json,
         log_format=log_format,
         log_level=log_level,
@@ -181,6 +209,14 @@ def run(
 
     log = get_logger("consumer.cli")
     log.info("starting", settings=s.redacted())
+    if "s3" in s.allowed_schemes:
+        if s.allowed_buckets:
+            log.info("s3:// URIs limited to the allowed buckets", buckets=list(s.allowed_buckets))
+        else:
+            log.warning(
+                "s3:// URIs may name every bucket the credentials can read "
+                "(no --allowed-bucket given)"
+            )
     metrics = Metrics()
     progress = _Progress() if (s.until_end or s.until) and sys.stderr.isatty() else None
     engine = Engine(s, metrics=metrics, on_progress=progress.update if progress else None)

@@ -150,7 +150,7 @@ class Settings(BaseSettings):
         default=(),
         validation_alias=AliasChoices("file_roots", "file_root", f"{ENV_PREFIX}FILE_ROOTS"),
     )
-    allowed_schemes: tuple[str, ...] = ("http", "https", "file")
+    allowed_schemes: tuple[str, ...] = ("http", "https", "file", "s3")
     allow_private_networks: bool = False
     allowed_networks: tuple[str, ...] = ()
     allowed_hosts: tuple[str, ...] = ()
@@ -162,6 +162,21 @@ class Settings(BaseSettings):
     fetch_total_timeout_s: float = Field(default=30.0, gt=0)
     fetch_retries: int = Field(default=2, ge=0, le=10)
     io_threads: int = Field(default=8, ge=1, le=128)
+
+    # --- s3:// objects: credentials come from the AWS chain, never from a message -----------
+    s3_endpoint_url: str | None = Field(
+        default=None, description="S3-compatible endpoint (MinIO, Ceph, R2); else AWS_ENDPOINT_URL"
+    )
+    s3_region: str | None = Field(default=None, description="default: the AWS chain's region")
+    s3_path_style: bool = Field(default=False, description="path-style addressing (dotted buckets)")
+    s3_requester_pays: bool = False
+    allowed_buckets: tuple[str, ...] = Field(
+        default=(),
+        validation_alias=AliasChoices(
+            "allowed_buckets", "allowed_bucket", f"{ENV_PREFIX}ALLOWED_BUCKETS"
+        ),
+        description="buckets s3:// URIs may name; empty: every bucket the credentials can read",
+    )
     #: Niceness added to the I/O threads (Linux; 0 = as the rest). Decoding has a buffer of
     #: rows in flight; the main thread's dispatch and the inference threads do not, and on a
     #: busy core they keep the model fed only if they win the CPU when they are runnable.
@@ -207,12 +222,32 @@ class Settings(BaseSettings):
             raise ValueError("triton_url must look like grpc://host:port or http://host:port")
         return f"{parts.scheme}://{parts.hostname}:{parts.port}"
 
-    @field_validator("allowed_schemes", mode="before")
+    @field_validator("allowed_schemes", "allowed_buckets", mode="before")
     @classmethod
     def _split_list(cls, value: Any) -> Any:
         if isinstance(value, str):
             return tuple(v.strip().lower() for v in value.split(",") if v.strip())
         return value
+
+    @field_validator("allowed_buckets")
+    @classmethod
+    def _check_buckets(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for bucket in value:
+            if not _BUCKET_RE.fullmatch(bucket):
+                raise ValueError(f"allowed bucket {bucket!r} is not a valid S3 bucket name")
+        return value
+
+    @field_validator("s3_endpoint_url")
+    @classmethod
+    def _check_s3_endpoint(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        parts = urlsplit(value.strip())
+        if parts.scheme not in {"http", "https"} or not parts.hostname:
+            raise ValueError("s3_endpoint_url must look like https://host[:port]")
+        if parts.username or parts.password or parts.query:
+            raise ValueError("s3_endpoint_url may not carry credentials or a query")
+        return value.strip()
 
     @field_validator("kafka_config", mode="before")
     @classmethod
@@ -284,6 +319,7 @@ class Settings(BaseSettings):
         return data
 
 
+_BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 _SECRET_KEY = re.compile(r"password|secret|token|key|credential|sasl\.oauthbearer", re.I)
 
 

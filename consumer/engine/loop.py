@@ -1150,6 +1150,12 @@ def fetch_policy(s: Settings) -> FetchPolicy:
         read_timeout_s=s.fetch_read_timeout_s,
         total_timeout_s=s.fetch_total_timeout_s,
         retries=s.fetch_retries,
+        allowed_buckets=tuple(s.allowed_buckets),
+        s3_endpoint_url=s.s3_endpoint_url,
+        s3_region=s.s3_region,
+        s3_path_style=s.s3_path_style,
+        s3_requester_pays=s.s3_requester_pays,
+        s3_max_pool_connections=max(10, s.io_threads),
     )
 
 

@@ -702,3 +702,43 @@ def test_every_environment_variable_names_a_consumer_setting(
     assert len(prefixed) >= 15
     unknown = {n for n in prefixed if n[len(ENV_PREFIX) :].lower() not in Settings.model_fields}
     assert not unknown
+
+
+def test_s3_values_reach_the_consumer_settings(
+    render: Callable[..., Rendered], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Endpoint, region, addressing and the bucket allow-list become the consumer's settings."""
+    from consumer.settings import Settings
+
+    config = rendered_config(render([ALL_ON_KEDA]))
+    env = {
+        k: v
+        for k, v in config.items()
+        if k.startswith(("IMAGE_EMBEDDER_S3_", "IMAGE_EMBEDDER_ALLOWED_B"))
+    }
+    assert env == {
+        "IMAGE_EMBEDDER_S3_ENDPOINT_URL": "https://minio.storage.svc:9000",
+        "IMAGE_EMBEDDER_S3_REGION": "eu-west-1",
+        "IMAGE_EMBEDDER_S3_PATH_STYLE": "true",
+        "IMAGE_EMBEDDER_S3_REQUESTER_PAYS": "true",
+        "IMAGE_EMBEDDER_ALLOWED_BUCKETS": '["photos","photos.archive"]',
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    s = Settings()
+    assert s.s3_endpoint_url == "https://minio.storage.svc:9000" and s.s3_region == "eu-west-1"
+    assert s.s3_path_style and s.s3_requester_pays
+    assert s.allowed_buckets == ("photos", "photos.archive")
+    defaults = rendered_config(render())
+    assert defaults["IMAGE_EMBEDDER_ALLOWED_BUCKETS"] == "[]"
+    assert "IMAGE_EMBEDDER_S3_ENDPOINT_URL" not in defaults
+
+
+@pytest.mark.parametrize(
+    "pair", ["s3.allowedBuckets={Photos}", "s3.endpointUrl=minio:9000", "s3.pathStyle=yes"]
+)
+def test_s3_values_schema_rejects_malformed_values(
+    render_result: Callable[..., Any], pair: str
+) -> None:
+    result = render_result(sets=[pair])
+    assert result.returncode != 0
