@@ -6,6 +6,8 @@ import threading
 import time
 from typing import Any
 
+import pytest
+
 from consumer.sink import MilvusWriter, WriteOp, WriteResult
 from schemas import Version
 
@@ -126,16 +128,44 @@ def test_failures_are_retried_and_nothing_is_reported_before_success() -> None:
     assert "a" in client.rows
 
 
-def test_abort_reports_nothing_unwritten() -> None:
+def _abort_while_failing(writer_cls: type[MilvusWriter] = MilvusWriter) -> None:
+    """A write fails (at least one attempt, seen through on_retry), the writer is aborted and
+    its thread has ended; then Milvus would accept writes: nothing was written or reported."""
     client, results = FakeMilvus(), []
     client.fail = 10**6
-    writer = _writer(client, results, max_age_s=0.01, max_backoff_s=0.01)
+    attempted = threading.Event()
+    writer = writer_cls(
+        client,
+        "c",
+        on_results=results.extend,
+        max_age_s=0.01,
+        max_backoff_s=0.01,
+        on_retry=lambda exc, delay: attempted.set(),
+    )
     writer.start()
     writer.submit([WriteOp(1, "a", _v(1), _row("a", 1, "a"))])
-    time.sleep(0.1)
+    assert attempted.wait(10), "the writer never attempted the write"
     writer.abort()
-    time.sleep(0.1)
-    assert results == []
+    assert writer.close(10), "the aborted writer's thread did not end"
+    client.fail = 0
+    assert results == [], f"REPORTED UNWRITTEN: {results}"
+    assert client.rows == {}
+
+
+def test_abort_reports_nothing_unwritten() -> None:
+    _abort_while_failing()
+
+
+def test_abort_check_fails_for_a_writer_that_reports_on_hand_off() -> None:
+    """Test of the test: a writer reporting rows written when they are handed to it."""
+
+    class ReportsOnHandOff(MilvusWriter):
+        def submit(self, ops: list[WriteOp]) -> None:
+            self._on_results([WriteResult(op.token, "written") for op in ops])
+            super().submit(ops)
+
+    with pytest.raises(AssertionError, match="REPORTED UNWRITTEN"):
+        _abort_while_failing(ReportsOnHandOff)
 
 
 def test_the_highest_version_wins_within_a_group_whatever_the_order() -> None:
