@@ -23,6 +23,8 @@ IMAGE_BASE ?=
 IMAGE_STANDIN_BASE := image-embedder-base:bookworm-python3.11-$(shell sha256sum docker/base/standin.sh | cut -c1-12)
 IMAGE_BUILD_CA ?= $(or $(PIP_CERT),$(SSL_CERT_FILE))
 IMAGE_PULL_TIMEOUT_S ?= 120
+# More `docker build` flags, e.g. --build-arg HTTPS_PROXY=http://proxy:3128 --no-cache.
+IMAGE_BUILD_FLAGS ?=
 
 .PHONY: images
 images: ## Build the consumer and model-server images (tags: project version and dev)
@@ -62,7 +64,7 @@ images: ## Build the consumer and model-server images (tags: project version and
 		start=$$SECONDS; \
 		log=.cache/images/$$image.log; mkdir -p .cache/images; \
 		$(DOCKER) build --file docker/$$image.Dockerfile \
-			--build-arg BASE_IMAGE="$$base" "$${ca_args[@]}" \
+			--build-arg BASE_IMAGE="$$base" "$${ca_args[@]}" $(IMAGE_BUILD_FLAGS) \
 			--label org.opencontainers.image.base.name="$$base" \
 			--label org.opencontainers.image.version='$(IMAGE_VERSION)' \
 			"$${tags[@]}" . >"$$log" 2>&1 \
