@@ -6,6 +6,8 @@ the policy allows 127.0.0.1/32 (the guard refuses loopback otherwise, also teste
 
 from __future__ import annotations
 
+import http.server
+import threading
 import time
 
 import botocore.session
@@ -77,3 +79,34 @@ def test_a_refused_presigned_url_that_has_not_expired_stays_http_error(
     error = _error(make_s3_fetcher(None), tampered)
     assert error.error_type is ErrorType.HTTP_ERROR
     assert "HTTP 403" in error.message
+
+
+class _Expired(http.server.BaseHTTPRequestHandler):
+    """Answers every request as S3 does an expired presigned URL."""
+
+    def do_GET(self) -> None:
+        body = b"<Error><Code>AccessDenied</Code><Message>Request has expired</Message></Error>"
+        self.send_response(403)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def test_the_servers_answer_decides_when_the_url_names_no_dates(make_s3_fetcher) -> None:
+    """A signed URL without readable dates: the 403 body ``Request has expired`` decides; the
+    same answer for an unsigned URL stays ``http_error``."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Expired)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}/photos/a.jpg"
+        made = make_s3_fetcher(None)
+        signed = _error(made, base + "?X-Amz-Credential=k&X-Amz-Signature=ab12")
+        assert signed.error_type is ErrorType.URL_EXPIRED
+        assert _error(made, base).error_type is ErrorType.HTTP_ERROR
+    finally:
+        server.shutdown()
+        server.server_close()
