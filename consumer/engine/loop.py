@@ -311,6 +311,8 @@ class Engine:
                 "acks": "all",
                 "linger.ms": 5,
                 "compression.type": "zstd",
+                # every record the source topic accepts must fit, with its dead-letter headers
+                "message.max.bytes": dead_letter_max_bytes(s),
                 "error_cb": self._on_kafka_error,
             }
         )
@@ -1084,6 +1086,31 @@ class Engine:
 
 
 # ================================================================================ factories
+#: Kafka's default ``max.message.bytes`` of a topic (1 MiB plus the record batch overhead).
+KAFKA_DEFAULT_MAX_MESSAGE_BYTES = 1_048_588
+#: Room for the dead-letter headers (reason, stage, source, version) on top of the record.
+DEAD_LETTER_HEADROOM_BYTES = 64 * 1024
+
+
+def dead_letter_max_bytes(s: Settings) -> int:
+    """The dead-letter producer's ``message.max.bytes``: the source topic's limit plus room for
+    the headers, so a record the source accepted is never refused by our own producer (its
+    default, 1 000 000 bytes, is below Kafka's default topic limit)."""
+    from confluent_kafka.admin import AdminClient, ConfigResource
+
+    limit = KAFKA_DEFAULT_MAX_MESSAGE_BYTES
+    try:
+        admin = AdminClient(s.kafka_common())
+        resource = ConfigResource(ConfigResource.Type.TOPIC, s.topic or "")
+        configs = admin.describe_configs([resource], request_timeout=10)[resource].result(10)
+        entry = configs.get("max.message.bytes")
+        if entry is not None and entry.value:
+            limit = int(entry.value)
+    except (KafkaException, ValueError, TimeoutError) as exc:  # e.g. no DescribeConfigs ACL
+        log.info("source topic's max.message.bytes unknown; assuming the default", error=str(exc))
+    return limit + DEAD_LETTER_HEADROOM_BYTES
+
+
 def triton_endpoint(s: Settings) -> TritonEndpoint:
     """Where Triton is; TLS file paths are handed to the client as they are."""
     ssl = s.triton_url.startswith("https://") or bool(s.triton_ssl_root_certificates)

@@ -7,6 +7,7 @@ Every test here failed on the engine before its fix (they were committed marked
 from __future__ import annotations
 
 import re
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -303,3 +304,27 @@ def test_graceful_stop_while_triton_is_down_ends_within_the_drain_timeout(
     assert took < 30, took
     assert committed_offsets(kafka_bootstrap, unique_name, unique_name).get(0, 0) <= 0
     assert rows_by_id(milvus_uri, unique_name, ["id"]) == {}
+
+
+def test_a_record_near_the_topic_limit_is_dead_lettered(
+    kafka_bootstrap: str, milvus_uri: str, photo_dir: Path, run_consumer, unique_name: str
+) -> None:
+    """A poison record of 1.02 MB is accepted by Kafka's default topic limit (1 048 588 bytes)
+    but is over librdkafka's default producer limit (1 000 000): the dead-letter producer is
+    sized to the source topic, so it is dead-lettered and the run ends (before: every resend was
+    refused locally and the run never ended)."""
+    create_topic(kafka_bootstrap, unique_name, partitions=1)
+    good = photo_messages(photo_dir)[0]
+    producer = Producer({"bootstrap.servers": kafka_bootstrap, "message.max.bytes": 2_000_000})
+    producer.produce(unique_name, key=b"big", value=b"not json " * 113_000, partition=0)
+    producer.produce(unique_name, key=good["id"].encode(), value=orjson.dumps(good), partition=0)
+    assert producer.flush(30) == 0
+    args = ("--topic", unique_name, "--group", unique_name, "--collection", unique_name)
+    try:
+        run = run_consumer(*args, "--until-end", "--file-root", str(photo_dir), timeout_s=120)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the run did not end: the dead letter was never delivered")
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.summary is not None
+    assert (run.summary["ingested"], run.summary["dead_lettered"]) == (1, 1), run.summary
+    assert committed_offsets(kafka_bootstrap, unique_name, unique_name) == {0: 2}
