@@ -106,10 +106,16 @@ def test_servers_named_by_the_environment_are_external(tmp_path: Path) -> None:
         "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1",
         "MILVUS_URI": "http://127.0.0.1:1",
         "TRITON_URL": "grpc://127.0.0.1:1",
+        "AWS_ENDPOINT_URL": "http://127.0.0.1:1",
     }
     stack = Stack(_config(tmp_path / "stack"), environ=environ)
     statuses = stack.up()
-    assert _states(statuses) == {"kafka": "external", "milvus": "external", "triton": "external"}
+    assert _states(statuses) == {
+        "kafka": "external",
+        "milvus": "external",
+        "triton": "external",
+        "minio": "external",
+    }
     assert "KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:1" in statuses[0].line()
     assert not (tmp_path / "stack" / "run").exists()
     assert _states(stack.status()) == _states(statuses)
