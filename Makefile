@@ -61,8 +61,9 @@ status: ## Show which servers are running
 	$(PY) -m devstack status
 
 .PHONY: demo
-demo: setup ## Publish photos, ingest them, search with a crop (starts and stops the servers)
-	$(PY) -m devstack.demo
+demo: setup ## Publish photos, ingest them, search with a crop (DEMO_SOURCE=s3: from a MinIO bucket)
+	$(if $(filter s3,$(DEMO_SOURCE)),$(MAKE) --no-print-directory minio)
+	$(PY) -m devstack.demo --source $(or $(DEMO_SOURCE),files)
 
 .PHONY: test
 test: setup minio $(HELM_BIN) ## Run every test against real servers the tests start themselves

@@ -175,4 +175,55 @@ def run_checks(s: Settings) -> list[tuple[str, bool, str]]:
                     results.append(("collection", False, str(exc)))
     except Exception as exc:
         results.append(("milvus", False, f"{s.milvus_uri} unreachable: {exc}"))
+    s3 = s3_check(s)
+    if s3 is not None:
+        results.append(s3)
     return results
+
+
+def s3_check(s: Settings) -> tuple[str, bool, str] | None:
+    """Where s3:// credentials come from and whether each allowed bucket answers.
+
+    ``None`` when s3 is not an allowed scheme. Without credentials the check fails only when
+    buckets are configured (s3:// is then meant to be used); a 403 to HeadBucket passes with a
+    note, since reading objects needs only s3:GetObject.
+    """
+    if "s3" not in s.allowed_schemes:
+        return None
+    import botocore.session
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from consumer.engine.loop import fetch_policy
+    from consumer.fetch.s3 import make_client
+
+    try:
+        credentials = botocore.session.get_session().get_credentials()
+        client = make_client(fetch_policy(s))
+    except BotoCoreError as exc:
+        return ("s3", False, f"cannot configure the S3 client: {exc}")
+    endpoint = client.meta.endpoint_url
+    if credentials is None:
+        detail = f"no AWS credentials found (endpoint {endpoint}): s3:// messages would fail"
+        return ("s3", not s.allowed_buckets, detail)
+    notes = []
+    passed = True
+    for bucket in s.allowed_buckets:
+        try:
+            client.head_bucket(Bucket=bucket)
+            notes.append(f"{bucket} ok")
+        except ClientError as exc:
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if status == 403:
+                notes.append(f"{bucket} denied to HeadBucket (no s3:ListBucket?)")
+            else:
+                passed = False
+                notes.append(
+                    f"{bucket}: {status or ''} {exc.response.get('Error', {}).get('Code', '')}"
+                )
+        except BotoCoreError as exc:
+            passed = False
+            notes.append(f"{bucket}: {type(exc).__name__}")
+    buckets = "; ".join(notes) if notes else "every bucket allowed (no --allowed-bucket)"
+    source = getattr(credentials, "method", "unknown")
+    client.close()
+    return ("s3", passed, f"credentials from {source}, endpoint {endpoint}; {buckets}")

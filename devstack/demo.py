@@ -3,10 +3,14 @@
 Starts what is not running, publishes scikit-image's bundled photos plus a few crops and flips of
 them, ingests to the end, searches with a crop of one photo that was not ingested, prints the top
 hits, checks that the photo (or one of its variants) ranks first, and stops what it started.
+
+``--source s3`` (``make demo DEMO_SOURCE=s3``) puts the images in a bucket of the local MinIO and
+publishes ``s3://`` URIs instead of ``file://`` ones; the consumer reads them through botocore.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import subprocess
 import sys
@@ -83,10 +87,19 @@ def _run(args: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
     return subprocess.run(args, check=True, text=True, **kwargs)  # type: ignore[call-overload]
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m devstack.demo", description=__doc__)
+    parser.add_argument(
+        "--source",
+        choices=("files", "s3"),
+        default=os.environ.get("DEMO_SOURCE", "files") or "files",
+        help="publish file:// URIs (default) or s3:// URIs of a bucket in the local MinIO",
+    )
+    source = parser.parse_args(argv).source
     stack = Stack()
+    names = ["kafka", "milvus", "triton"] + (["minio"] if source == "s3" else [])
     print("starting the local servers (a running one is reused)...", flush=True)
-    statuses = stack.up(on_status=lambda s: print("  " + s.line(), flush=True))
+    statuses = stack.up(names, on_status=lambda s: print("  " + s.line(), flush=True))
     failed = [s for s in statuses if not s.ok]
     started = [s.name for s in statuses if s.state == "started"]
     try:
@@ -94,14 +107,42 @@ def main() -> int:
             for status in failed:
                 print(f"error: {status.name} failed to start: {status.detail}", file=sys.stderr)
             return 1
-        return _demo(stack)
+        return _demo(stack, source)
     finally:
         if started:
             print(f"stopping what the demo started: {', '.join(started)}", flush=True)
             stack.down(only=started)
 
 
-def _demo(stack: Stack) -> int:
+def _upload(stack: Stack, images: Path, bucket: str, env: dict[str, str]) -> str:
+    """Put every image in ``bucket`` of the local MinIO; return its endpoint (credentials in
+    ``env``, as the AWS chain reads them)."""
+    import botocore.session
+
+    from devstack.minio import MinioServer
+
+    server = stack.server("minio")
+    assert isinstance(server, MinioServer)
+    endpoint = env.get("AWS_ENDPOINT_URL") or server.endpoint
+    env.setdefault("AWS_ACCESS_KEY_ID", server.root_user)
+    env.setdefault("AWS_SECRET_ACCESS_KEY", server.root_password)
+    env.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+    env.setdefault("AWS_EC2_METADATA_DISABLED", "true")
+    client = botocore.session.Session().create_client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name=env["AWS_DEFAULT_REGION"],
+        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+    )
+    client.create_bucket(Bucket=bucket)
+    for path in sorted(images.iterdir()):
+        client.put_object(Bucket=bucket, Key=f"images/{path.name}", Body=path.read_bytes())
+    print(f"uploaded {len(list(images.iterdir()))} images to s3://{bucket}/images/", flush=True)
+    return endpoint
+
+
+def _demo(stack: Stack, source: str = "files") -> int:
     run_id = time.strftime("%Y%m%d%H%M%S")
     work = STACK_DIR / "demo" / run_id
     images = work / "images"
@@ -114,7 +155,15 @@ def _demo(stack: Stack) -> int:
     env.setdefault("TRITON_URL", stack.server("triton").grpc_url)
     py = [sys.executable, "-m"]
     _run([*py, "producer", "create-topic", topic, "--partitions", "3"], env=env)
-    _run([*py, "producer", "scan", str(images), "--topic", topic], env=env)
+    if source == "s3":
+        bucket = f"demo-images-{run_id}"
+        endpoint = _upload(stack, images, bucket, env)
+        scanned = f"s3://{bucket}/images/"
+        scan_args = ["--storage-option", f"endpoint_url={endpoint}"]
+        fetch_args = ["--s3-endpoint-url", endpoint, "--allowed-bucket", bucket]
+    else:
+        scanned, scan_args, fetch_args = str(images), [], ["--file-root", str(images)]
+    _run([*py, "producer", "scan", scanned, "--topic", topic, *scan_args], env=env)
     summary_path = work / "summary.json"
     _run(
         [
@@ -128,8 +177,7 @@ def _demo(stack: Stack) -> int:
             "--collection",
             collection,
             "--until-end",
-            "--file-root",
-            str(images),
+            *fetch_args,
             "--no-metrics",
             "--summary-json",
             str(summary_path),

@@ -123,3 +123,23 @@ def test_start_up_log_says_which_buckets_are_allowed(
     assert isinstance(result.exception, _Stop), result.output
     logged = capfd.readouterr().err + result.output
     assert expected in logged
+
+
+def test_check_reports_credentials_and_allowed_buckets(
+    s3_world, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from consumer.query import s3_check
+
+    name, passed, detail = s3_check(
+        Settings(s3_endpoint_url=s3_world.endpoint, allowed_buckets=("photos", "no-such-bucket"))
+    )
+    assert name == "s3" and not passed
+    assert "credentials from env" in detail and "photos ok" in detail
+    assert "no-such-bucket: 404" in detail
+    assert s3_check(Settings(s3_endpoint_url=s3_world.endpoint))[1]
+    assert s3_check(Settings(allowed_schemes=("https",))) is None
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    name, passed, detail = s3_check(Settings(allowed_buckets=("photos",)))
+    assert not passed and "no AWS credentials found" in detail
+    assert s3_check(Settings())[1]  # s3 unused: not a failure
