@@ -24,6 +24,7 @@ body is seen between reads and the total deadline holds while bytes trickle in.
 from __future__ import annotations
 
 import random
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -78,6 +79,7 @@ _TRANSIENT_CODES: Final = frozenset(
     }
 )
 _TRANSIENT_STATUSES: Final = frozenset({429, 500, 502, 503, 504})
+_BUCKET_RE: Final = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,8 +107,8 @@ def parse_s3_uri(uri: str) -> S3Object:
     bucket, slash, raw_key = rest.partition("/")
     if not bucket or not slash or not raw_key:
         raise FetchFailed(f"s3 URI without a bucket and a key: {shown}")
-    if "@" in bucket or ":" in bucket:
-        raise FetchFailed(f"s3 URI with userinfo or a port: {shown}")
+    if _BUCKET_RE.fullmatch(bucket) is None:
+        raise FetchFailed(f"s3 URI without a valid bucket name: {shown}")
     version_id = None
     if query:
         name, eq, value = query.partition("=")

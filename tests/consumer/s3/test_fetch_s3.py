@@ -326,3 +326,36 @@ def test_s3_uris_with_another_query_or_a_fragment_are_refused(
         error = _error(made, uri)
         assert error.error_type is ErrorType.FETCH_FAILED
         assert "only one query parameter, versionId" in error.message
+
+
+def test_connections_are_pooled_across_fetches_and_threads(
+    s3_world: S3World, make_s3_fetcher, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import socket
+    from concurrent.futures import ThreadPoolExecutor
+
+    made = make_s3_fetcher(s3_world.endpoint)
+    uri = f"s3://{BUCKET}/set/astronaut.jpg"
+    made.fetcher.fetch(uri)  # the client and its first connection
+    connects: list[object] = []
+    real = socket.socket.connect
+
+    def counting(self: socket.socket, address: object) -> None:
+        connects.append(address)
+        real(self, address)
+
+    monkeypatch.setattr(socket.socket, "connect", counting)
+    for _ in range(10):
+        assert made.fetcher.fetch(uri) == s3_world.objects[BUCKET]["set/astronaut.jpg"]
+    assert connects == []
+    with ThreadPoolExecutor(4) as pool:
+        assert len(set(pool.map(lambda _: made.fetcher.fetch(uri), range(40)))) == 1
+    assert len(connects) <= 4
+
+
+def test_bucket_names_are_checked_before_any_request(make_s3_fetcher) -> None:
+    made = make_s3_fetcher("http://127.0.0.1:9")
+    for uri in ("s3://Bad_Bucket/k", "s3://user@bucket/k", "s3://bucket:80/k", "s3://ab/k"):
+        error = _error(made, uri)
+        assert error.error_type is ErrorType.FETCH_FAILED
+        assert "without a valid bucket name" in error.message
