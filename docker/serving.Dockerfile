@@ -56,8 +56,10 @@ WORKDIR /app
 COPY schemas/ schemas/
 COPY serving/ serving/
 
-# Triton's Python backend stub links against libpython3.11.so, which this base image keeps in
-# the interpreter's LIBDIR (/usr/local/lib). PyTriton keeps its workspace under XDG_CACHE_HOME;
+# Triton's Python backend stub links against libpython3.11.so, which the upstream base keeps in
+# the interpreter's LIBDIR (/usr/local/lib; the stand-in base: /usr/lib/x86_64-linux-gnu, on the
+# default search path). The server also puts LIBDIR first on LD_LIBRARY_PATH for Triton's
+# children (serving/server.py). PyTriton keeps its workspace under XDG_CACHE_HOME;
 # the JAX compilation cache goes to /var/cache/serving/jax (--cache-dir below).
 ENV VIRTUAL_ENV=/opt/venv \
     PATH=/opt/venv/bin:$PATH \
