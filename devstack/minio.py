@@ -23,6 +23,10 @@ MINIO_VERSION = "v0.0.0-20260212201848-7aac2a2c5b7c"
 #: Credentials of the dev server's root user (loopback only; the tests make restricted ones).
 ROOT_USER = "devstack-root"
 ROOT_PASSWORD = "devstack-root-secret"
+#: A fixed local KMS key (``name:base64 of 32 bytes``): SSE-S3 and SSE-KMS work with key id
+#: ``KMS_KEY_ID``. Test data only; never a key for anything real.
+KMS_KEY_ID = "devstack-key"
+KMS_SECRET_KEY = f"{KMS_KEY_ID}:g3l1U31tXjowid3qdJ41KZtlrAXL5LjTtI5daTWYKik="
 #: Build timeout: a cold Go module cache downloads a few hundred modules.
 BUILD_TIMEOUT_S = 1800.0
 
@@ -161,6 +165,7 @@ class MinioServer(ServerProcess):
                 "MINIO_BROWSER": "off",
                 "MINIO_UPDATE": "off",
                 "MINIO_CALLHOME_ENABLE": "off",
+                "MINIO_KMS_SECRET_KEY": KMS_SECRET_KEY,
             }
         )
         return env

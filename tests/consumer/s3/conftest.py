@@ -24,6 +24,7 @@ from skimage import data as skdata
 
 from consumer.fetch import Fetcher, FetchPolicy
 from devstack import HttpFaultProxy, MinioServer
+from devstack.minio import KMS_KEY_ID
 
 BUCKET = "photos"
 VERSIONED = "versioned-photos"
@@ -69,7 +70,8 @@ def root_client(server: MinioServer, service: str = "s3") -> Any:
 
 @pytest.fixture(scope="session")
 def s3_world(minio: MinioServer) -> S3World:
-    """Buckets ``photos`` (images, a big object, a private folder), ``versioned-photos`` (two
+    """Buckets ``photos`` (images, a big object, a private folder, SSE-KMS and SSE-S3 objects),
+    ``versioned-photos`` (two
     versions of one key) and ``other-bucket``; credentials that may read ``photos`` but not
     ``photos/private/``, obtained through STS AssumeRole with a session policy (MinIO's root
     user bypasses policies, its temporary credentials with a session policy do not)."""
@@ -91,6 +93,12 @@ def s3_world(minio: MinioServer) -> S3World:
         s3.create_bucket(Bucket=bucket)
         for key, body in items.items():
             s3.put_object(Bucket=bucket, Key=key, Body=body)
+    for key, sse in (("kms/chelsea.jpg", "aws:kms"), ("sse-s3/chelsea.jpg", "AES256")):
+        extra = {"SSEKMSKeyId": KMS_KEY_ID} if sse == "aws:kms" else {}
+        body = objects[BUCKET]["chelsea.jpg"]
+        answer = s3.put_object(Bucket=BUCKET, Key=key, Body=body, ServerSideEncryption=sse, **extra)
+        assert answer["ServerSideEncryption"] == sse
+        objects[BUCKET][key] = body
     s3.put_bucket_versioning(Bucket=VERSIONED, VersioningConfiguration={"Status": "Enabled"})
     versions = []
     for image in (skdata.chelsea(), skdata.coffee()):

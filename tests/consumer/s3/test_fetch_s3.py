@@ -359,3 +359,16 @@ def test_bucket_names_are_checked_before_any_request(make_s3_fetcher) -> None:
         error = _error(made, uri)
         assert error.error_type is ErrorType.FETCH_FAILED
         assert "without a valid bucket name" in error.message
+
+
+def test_encrypted_objects_read_with_the_usual_permission(
+    s3_world: S3World, make_s3_fetcher, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SSE-KMS and SSE-S3 objects: the server decrypts; restricted s3:GetObject is enough."""
+    creds = s3_world.restricted
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", creds["AccessKeyId"])
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", creds["SecretAccessKey"])
+    monkeypatch.setenv("AWS_SESSION_TOKEN", creds["SessionToken"])
+    made = make_s3_fetcher(s3_world.endpoint)
+    for key in ("kms/chelsea.jpg", "sse-s3/chelsea.jpg"):
+        assert made.fetcher.fetch(f"s3://{BUCKET}/{key}") == s3_world.objects[BUCKET]["chelsea.jpg"]
