@@ -40,15 +40,16 @@ print('\n'.join(p['dependencies'] + p['optional-dependencies'].get('s3', [])))" 
         > /tmp/runtime-requirements.txt \
     && pip install --constraint requirements.lock --requirement /tmp/runtime-requirements.txt
 
-# Then the project itself, without touching the dependencies installed above.
+# Then the project itself, apart from the venv (/opt/app, on PYTHONPATH): a code change leaves
+# /opt/venv untouched, so the runtime stage's copy of it stays cached.
 COPY README.md ./
 COPY consumer/ consumer/
 COPY producer/ producer/
 COPY schemas/ schemas/
-RUN pip install --no-deps . \
-    && pip check
+RUN pip install --no-deps --target /opt/app . \
+    && PYTHONPATH=/opt/app pip check
 
-########## runtime: the interpreter, the venv and nothing else ##########
+########## runtime: the interpreter, the venv, the project and nothing else ##########
 FROM ${BASE_IMAGE} AS runtime
 
 ARG APP_UID=10001
@@ -65,11 +66,13 @@ RUN groupadd --system --gid "${APP_GID}" app \
     && chown -R "${APP_UID}:${APP_GID}" /var/cache/image-embedder
 
 COPY --from=build /opt/venv /opt/venv
+COPY --from=build /opt/app /opt/app
 
 # JAX runs on the CPU here and keeps its compiled preprocessing in a persistent cache (mount a
 # volume on it, or an emptyDir with a read-only root filesystem, to keep restarts fast).
 ENV VIRTUAL_ENV=/opt/venv \
-    PATH=/opt/venv/bin:$PATH \
+    PATH=/opt/app/bin:/opt/venv/bin:$PATH \
+    PYTHONPATH=/opt/app \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     JAX_PLATFORMS=cpu \
