@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
+
 import pytest
 from typer.testing import CliRunner
 
 from consumer.cli import app
 from consumer.engine.loop import fetch_policy
 from consumer.settings import Settings
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """``consumer run`` points the root logger at CliRunner's stream, closed after the call."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 def test_defaults_allow_s3_and_every_bucket() -> None:
