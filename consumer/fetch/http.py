@@ -319,8 +319,8 @@ def _presigned_url_expired(url: httpx.URL, resp: httpx.Response) -> bool:
     """Whether a refused presigned URL has expired: by its own signed dates, or as the server says.
 
     SigV4 (``X-Amz-Date`` + ``X-Amz-Expires``, also GCS's ``X-Goog-*``) and SigV2 (``Expires``
-    as epoch seconds) are read from the query; otherwise a short error body saying
-    ``Request has expired`` (S3, MinIO) decides.
+    as epoch seconds) are read from the query; when they do not show it (or this clock is
+    behind the server's), a short error body saying ``Request has expired`` (S3, MinIO) decides.
     """
     params = {k.lower(): v for k, v in url.params.multi_items()}
     now = time.time()
@@ -331,10 +331,12 @@ def _presigned_url_expired(url: httpx.URL, resp: httpx.Response) -> bool:
                 start = datetime.strptime(signed, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
             except ValueError:
                 break
-            return now >= start.timestamp() + int(lifetime)
+            if now >= start.timestamp() + int(lifetime):
+                return True
     expires = params.get("expires")
-    if expires and expires.isdigit() and ("signature" in params or "awsaccesskeyid" in params):
-        return now >= int(expires)
+    signed_v2 = "signature" in params or "awsaccesskeyid" in params
+    if expires and expires.isdigit() and signed_v2 and now >= int(expires):
+        return True
     if not any(k.startswith(("x-amz-", "x-goog-")) or k == "signature" for k in params):
         return False
     body = bytearray()
