@@ -94,6 +94,8 @@ class MinioServer(ServerProcess):
 
     ``endpoint`` is the S3 endpoint URL; the root user's keys are ``root_user`` and
     ``root_password`` (it bypasses every policy: tests use restricted credentials for denials).
+    With ``region`` set, requests signed for another region are refused the way S3 refuses them
+    (``AuthorizationHeaderMalformed`` naming the right region); without it any region is taken.
     """
 
     name = "minio"
@@ -112,6 +114,7 @@ class MinioServer(ServerProcess):
         pid_file: Path | None = None,
         cpus: str | None = None,
         binary: Path | None = None,
+        region: str | None = None,
     ) -> None:
         super().__init__(log_file, pid_file=pid_file, cpus=cpus)
         self.data_dir = Path(data_dir).resolve()
@@ -121,6 +124,7 @@ class MinioServer(ServerProcess):
         self.root_password = root_password
         self._host = host
         self._binary = binary
+        self.region = region
 
     @property
     def host(self) -> str:
@@ -168,6 +172,8 @@ class MinioServer(ServerProcess):
                 "MINIO_KMS_SECRET_KEY": KMS_SECRET_KEY,
             }
         )
+        if self.region:
+            env["MINIO_SITE_REGION"] = self.region
         return env
 
     def prepare(self) -> None:

@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 from urllib.parse import quote
 
+import botocore.session
 import pytest
 
 from consumer.fetch import FetchError, load_image
@@ -372,3 +373,37 @@ def test_encrypted_objects_read_with_the_usual_permission(
     made = make_s3_fetcher(s3_world.endpoint)
     for key in ("kms/chelsea.jpg", "sse-s3/chelsea.jpg"):
         assert made.fetcher.fetch(f"s3://{BUCKET}/{key}") == s3_world.objects[BUCKET]["chelsea.jpg"]
+
+
+def test_a_bucket_in_another_region_is_found_once_then_cached(
+    make_s3_fetcher, tmp_path: Path
+) -> None:
+    """A server in eu-central-1 refuses requests signed for us-east-1 and names its region;
+    botocore signs again for it, and later fetches of that bucket go there at once."""
+    from devstack import MinioServer, free_port
+
+    server = MinioServer(
+        tmp_path / "data", tmp_path / "minio.log", port=free_port(), region="eu-central-1"
+    )
+    server.start()
+    try:
+        s3 = botocore.session.Session().create_client(
+            "s3",
+            endpoint_url=server.endpoint,
+            region_name="eu-central-1",
+            aws_access_key_id=server.root_user,
+            aws_secret_access_key=server.root_password,
+        )
+        s3.create_bucket(
+            Bucket="far-photos", CreateBucketConfiguration={"LocationConstraint": "eu-central-1"}
+        )
+        s3.put_object(Bucket="far-photos", Key="a.jpg", Body=b"far away")
+        with HttpFaultProxy("127.0.0.1", server.port) as proxy:
+            made = make_s3_fetcher(proxy.endpoint, s3_region=REGION)
+            assert made.fetcher.fetch("s3://far-photos/a.jpg") == b"far away"
+            assert len(proxy.requests) == 2  # refused for us-east-1, then signed for the right one
+            assert made.fetcher.fetch("s3://far-photos/a.jpg") == b"far away"
+            assert len(proxy.requests) == 3
+            assert made.retries == []  # a redirect is not a retry
+    finally:
+        server.stop()
