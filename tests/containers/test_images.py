@@ -23,6 +23,9 @@ from tests.containers.helpers import (
     run_capture,
 )
 
+#: They need a Docker engine (a server), like the other tests of this folder.
+pytestmark = pytest.mark.integration
+
 IMAGES = {"consumer": CONSUMER_IMAGE, "serving": SERVING_IMAGE}
 BUILD_CA = ROOT / "docker" / "build-ca" / "ca-bundle.crt"
 PINNED_BASE_PREFIX = "python:3.11"
