@@ -407,3 +407,41 @@ def test_a_bucket_in_another_region_is_found_once_then_cached(
             assert made.retries == []  # a redirect is not a retry
     finally:
         server.stop()
+
+
+def test_expiring_credentials_are_refreshed(
+    s3_world: S3World, make_s3_fetcher, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A profile's ``credential_process`` hands out keys that expire in 5 minutes: botocore asks
+    again before using them (inside its refresh window), with no restart and no failed fetch."""
+    import json
+    import sys
+    from datetime import UTC, datetime, timedelta
+
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    calls = tmp_path / "calls"
+    script = tmp_path / "issue_credentials.py"
+    expires = (datetime.now(UTC) + timedelta(minutes=5)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    answer = {
+        "Version": 1,
+        "AccessKeyId": s3_world.root_user,
+        "SecretAccessKey": s3_world.root_password,
+        "Expiration": expires,
+    }
+    script.write_text(
+        "import sys\n"
+        f"open({str(calls)!r}, 'a').write('x')\n"
+        f"sys.stdout.write({json.dumps(answer)!r})\n"
+    )
+    config = tmp_path / "config"
+    config.write_text(f"[profile rotating]\ncredential_process = {sys.executable} {script}\n")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
+    monkeypatch.setenv("AWS_PROFILE", "rotating")
+    made = make_s3_fetcher(s3_world.endpoint)
+    for _ in range(3):
+        assert (
+            made.fetcher.fetch(f"s3://{BUCKET}/chelsea.jpg")
+            == s3_world.objects[BUCKET]["chelsea.jpg"]
+        )
+    assert len(calls.read_text()) >= 3  # once to start, then again for each use
