@@ -47,6 +47,7 @@ from confluent_kafka import (
 
 from consumer.engine.crash import crash_point
 from consumer.engine.exceptions import EngineFatalError
+from consumer.engine.generations import Generations
 from consumer.engine.registry import LatestRegistry
 from consumer.fetch import Fetcher, FetchError, FetchPolicy, decode_image
 from consumer.inference import (
@@ -74,7 +75,9 @@ from consumer.sink import (
     connect,
 )
 from consumer.sink.collection import URI_MAX_LENGTH
+from consumer.sink.tombstones import Tombstones
 from schemas import (
+    HEADER_VERSION,
     ErrorType,
     ImageMessage,
     InvalidMessage,
@@ -82,8 +85,10 @@ from schemas import (
     Version,
     dead_letter_headers,
     decode_message,
+    format_version,
     redact_uri,
     redrive_count,
+    version_from_headers,
 )
 from schemas import preprocessing as contract
 
@@ -216,8 +221,7 @@ class Engine:
         self._registry = LatestRegistry()
         self._results: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
         self._raw: dict[Ref, _Raw] = {}
-        self._gen: dict[PartitionKey, int] = {}
-        self._gen_counter = 0
+        self._generations = Generations()
         self._assigned: set[PartitionKey] = set()
         self._positioned: set[PartitionKey] = set()
         self._ends: dict[PartitionKey, int] = {}
@@ -291,12 +295,21 @@ class Engine:
             initargs=(s.io_nice,),
         )
         self._infer_pool = ThreadPoolExecutor(s.infer_threads, thread_name_prefix="infer")
+        configs = topic_configs(s, [s.topic or "", s.dead_letter_topic])
+        tombstones = Tombstones(self._milvus, self.collection_name)
+        tombstones.ensure()
         self._writer = MilvusWriter(
             self._milvus,
             self.collection_name,
             on_results=lambda results: self._results.put(("write", results)),
-            is_latest=lambda op: self._registry.is_latest(op.id, op.token),
+            # an old owner's rows (the partition moved on) are dropped, never written late
+            is_latest=lambda op: (
+                self._generations.is_current(op.token.key, op.token.gen)
+                and self._registry.is_latest(op.id, op.token)
+            ),
             rewrite_same_version=s.rewrite_same_version,
+            tombstones=tombstones,
+            tombstone_retention_s=tombstone_retention_s(s, configs),
             batch_rows=s.write_batch_rows,
             max_age_s=s.write_max_age_s,
             flush_interval_s=s.flush_interval_s,
@@ -312,7 +325,7 @@ class Engine:
                 "linger.ms": 5,
                 "compression.type": "zstd",
                 # every record the source topic accepts must fit, with its dead-letter headers
-                "message.max.bytes": dead_letter_max_bytes(s),
+                "message.max.bytes": dead_letter_max_bytes(configs.get(s.topic or "", {})),
                 "error_cb": self._on_kafka_error,
             }
         )
@@ -455,7 +468,7 @@ class Engine:
                 self._reached.add(key)
                 self._consumer.pause([TopicPartition(key[0], key[1])])  # type: ignore[union-attr]
                 continue
-            ref = Ref(self._gen.get(key, 0), key[0], key[1], offset)
+            ref = Ref(self._generations.current(key), key[0], key[1], offset)
             try:
                 self._tracker.delivered(key, offset)
             except OffsetOrderError:
@@ -474,8 +487,10 @@ class Engine:
     def _intake(self, ref: Ref, message: Message) -> None:
         _, ts = message.timestamp()
         kafka_ts = int(ts) if ts and ts > 0 else int(time.time() * 1000)
-        version = Version(kafka_ts, ref.partition, ref.offset)
-        raw = _Raw(message.key(), message.value(), redrive_count(message.headers()), None, version)
+        headers = message.headers()
+        # a dead-lettered and redriven record carries the version it was first produced at
+        version = version_from_headers(headers) or Version(kafka_ts, ref.partition, ref.offset)
+        raw = _Raw(message.key(), message.value(), redrive_count(headers), None, version)
         self._raw[ref] = raw
         try:
             msg = decode_message(
@@ -653,7 +668,9 @@ class Engine:
                 self._infer_in_flight -= 1
 
     def _is_current(self, ref: Ref) -> bool:
-        return self._gen.get(ref.key) == ref.gen and self._tracker.knows(ref.key, ref.offset)
+        return self._generations.is_current(ref.key, ref.gen) and self._tracker.knows(
+            ref.key, ref.offset
+        )
 
     def _finish(self, ref: Ref, outcome: str) -> None:
         """Mark one message durably handled (main thread)."""
@@ -713,6 +730,7 @@ class Engine:
             source_offset=job.ref.offset,
             redrive_count=raw.redrive_count,
         )
+        headers.append((HEADER_VERSION, format_version(raw.version)))  # kept by redrive
         while True:
             try:
                 self._producer.produce(
@@ -871,8 +889,7 @@ class Engine:
             self._fatal = exc
         for tp in partitions:
             key = (tp.topic, tp.partition)
-            self._gen_counter += 1
-            self._gen[key] = self._gen_counter
+            self._generations.advance(key)
             self._assigned.add(key)
         consumer.incremental_assign(partitions)
         if self._bounded:
@@ -985,8 +1002,7 @@ class Engine:
 
     def _forget(self, keys: list[PartitionKey]) -> None:
         for key in keys:
-            self._gen_counter += 1
-            self._gen[key] = self._gen_counter  # late results of the old generation are ignored
+            self._generations.advance(key)  # late results of the old generation are ignored
             self._assigned.discard(key)
             # given back later, it is read again from the group's commit up to its end
             self._reached.discard(key)
@@ -998,6 +1014,11 @@ class Engine:
             if raw.id is not None:
                 self._registry.release(raw.id)
         self._tracker.drop(keys)
+        # dead letters waiting for a resend belong to the old owner: the new one redoes them
+        waiting = [job for job in self._dlq_retry if job.ref.key in keys]
+        if waiting:
+            self._dlq_retry = [job for job in self._dlq_retry if job.ref.key not in keys]
+            self._dlq_pending -= len(waiting)
 
     def _bounded_run_complete(self) -> bool:
         if not self._assigned:
@@ -1092,23 +1113,49 @@ KAFKA_DEFAULT_MAX_MESSAGE_BYTES = 1_048_588
 DEAD_LETTER_HEADROOM_BYTES = 64 * 1024
 
 
-def dead_letter_max_bytes(s: Settings) -> int:
+def topic_configs(s: Settings, topics: list[str]) -> dict[str, dict[str, str]]:
+    """Per topic, its configuration as the broker reports it (empty where it cannot be read:
+    a missing topic, or no DescribeConfigs permission)."""
+    from confluent_kafka.admin import AdminClient, ConfigResource
+
+    admin = AdminClient(s.kafka_common())
+    resources = {t: ConfigResource(ConfigResource.Type.TOPIC, t) for t in topics}
+    found: dict[str, dict[str, str]] = {t: {} for t in topics}
+    futures = admin.describe_configs(list(resources.values()), request_timeout=10)
+    for topic, resource in resources.items():
+        try:
+            entries = futures[resource].result(10)
+        except (KafkaException, TimeoutError) as exc:
+            log.info("topic configuration unknown", topic=topic, error=str(exc))
+            continue
+        found[topic] = {k: e.value for k, e in entries.items() if e.value is not None}
+    return found
+
+
+def dead_letter_max_bytes(configs: dict[str, str]) -> int:
     """The dead-letter producer's ``message.max.bytes``: the source topic's limit plus room for
     the headers, so a record the source accepted is never refused by our own producer (its
     default, 1 000 000 bytes, is below Kafka's default topic limit)."""
-    from confluent_kafka.admin import AdminClient, ConfigResource
-
-    limit = KAFKA_DEFAULT_MAX_MESSAGE_BYTES
     try:
-        admin = AdminClient(s.kafka_common())
-        resource = ConfigResource(ConfigResource.Type.TOPIC, s.topic or "")
-        configs = admin.describe_configs([resource], request_timeout=10)[resource].result(10)
-        entry = configs.get("max.message.bytes")
-        if entry is not None and entry.value:
-            limit = int(entry.value)
-    except (KafkaException, ValueError, TimeoutError) as exc:  # e.g. no DescribeConfigs ACL
-        log.info("source topic's max.message.bytes unknown; assuming the default", error=str(exc))
+        limit = int(configs.get("max.message.bytes", KAFKA_DEFAULT_MAX_MESSAGE_BYTES))
+    except ValueError:
+        limit = KAFKA_DEFAULT_MAX_MESSAGE_BYTES
     return limit + DEAD_LETTER_HEADROOM_BYTES
+
+
+def tombstone_retention_s(s: Settings, configs: dict[str, dict[str, str]]) -> float | None:
+    """How long deletions are remembered: ``--tombstone-retention-s``, else the longest
+    ``retention.ms`` of the source and dead-letter topics (None: a topic keeps records forever,
+    or its retention is unknown, so tombstones are kept)."""
+    if s.tombstone_retention_s is not None:
+        return s.tombstone_retention_s
+    longest = 0
+    for topic in (s.topic or "", s.dead_letter_topic):
+        value = configs.get(topic, {}).get("retention.ms")
+        if value is None or int(value) < 0:
+            return None
+        longest = max(longest, int(value))
+    return longest / 1000
 
 
 def triton_endpoint(s: Settings) -> TritonEndpoint:
