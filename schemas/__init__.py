@@ -26,10 +26,11 @@ from schemas.message import (
     normalize_uri,
 )
 from schemas.redaction import redact_text, redact_uri
-from schemas.version import Version
+from schemas.version import HEADER_VERSION, Version, format_version, version_from_headers
 
 __all__ = [
     "DEFAULT_ALLOWED_SCHEMES",
+    "HEADER_VERSION",
     "MAX_ID_LENGTH",
     "SCHEMA_NAME",
     "DeadLetter",
@@ -42,6 +43,7 @@ __all__ = [
     "dead_letter_headers",
     "decode_message",
     "encode_message",
+    "format_version",
     "is_valid_id",
     "message_id_for_content",
     "message_id_for_uri",
@@ -50,4 +52,5 @@ __all__ = [
     "redact_text",
     "redact_uri",
     "redrive_count",
+    "version_from_headers",
 ]

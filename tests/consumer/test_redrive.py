@@ -105,3 +105,49 @@ def test_dead_letter_then_redrive_after_the_fix(
     assert second.returncode == 0, second.stderr[-3000:]
     assert second.summary is not None and second.summary["ingested"] == 1
     assert sorted(rows_by_id(milvus_uri, unique_name, ["id"])) == ["coffee", "late"]
+
+
+def test_a_redriven_old_version_never_overwrites_a_newer_one_on_a_log_append_time_topic(
+    kafka_bootstrap: str,
+    milvus_uri: str,
+    photo_dir: Path,
+    run_consumer,
+    unique_name: str,
+    tmp_path: Path,
+) -> None:
+    """On a LogAppendTime topic the broker stamps a redriven record with the time of the redrive,
+    so its timestamp says nothing of its age: the message's version travels in a header through
+    dead-lettering and redrive, and the older message, once fixed and redriven, is skipped as not
+    newer than the row of the message published after it (before: it overwrote that row)."""
+    root = tmp_path / "images"
+    root.mkdir()
+    old = {"id": "x", "uri": (root / "old.jpg").as_uri()}  # missing for now: dead-lettered
+    new = {"id": "x", "uri": (root / "new.jpg").as_uri()}
+    shutil.copy(photo_dir / "coffee.jpg", root / "new.jpg")
+    create_topic(kafka_bootstrap, unique_name, config={"message.timestamp.type": "LogAppendTime"})
+    create_topic(kafka_bootstrap, f"{unique_name}.dlq")
+    produce_json(kafka_bootstrap, unique_name, [old])
+    produce_json(kafka_bootstrap, unique_name, [new])
+    args = ("--topic", unique_name, "--group", unique_name, "--collection", unique_name)
+    args += ("--until-end", "--file-root", str(root))
+    first = run_consumer(*args)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert first.summary is not None, first.stderr[-3000:]
+    assert (first.summary["ingested"], first.summary["dead_lettered"]) == (1, 1), first.summary
+    shutil.copy(photo_dir / "rocket.jpg", root / "old.jpg")  # the old one's cause is fixed
+    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap}
+    command = [sys.executable, "-m", "producer", "redrive", "--dlq-topic", f"{unique_name}.dlq"]
+    redrive = subprocess.run(
+        [*command, "--topic", unique_name, "--until-end"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert redrive.returncode == 0, redrive.stdout + redrive.stderr
+    second = run_consumer(*args)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert second.summary is not None
+    assert (second.summary["ingested"], second.summary["skipped_stale"]) == (0, 1), second.summary
+    assert rows_by_id(milvus_uri, unique_name, ["uri"])["x"]["uri"] == new["uri"]

@@ -272,3 +272,16 @@ def test_decode_never_raises_anything_else(value: bytes) -> None:
             ErrorType.INVALID_MESSAGE,
             ErrorType.UNSUPPORTED_SCHEME,
         )
+
+
+def test_version_header_round_trips_and_malformed_ones_are_ignored() -> None:
+    from schemas import HEADER_VERSION, Version, format_version, version_from_headers
+
+    version = Version(1_700_000_000_123, 3, 42)
+    headers = [("trace", b"x"), (HEADER_VERSION, format_version(version))]
+    assert version_from_headers(headers) == version
+    assert version_from_headers([(HEADER_VERSION, "1:2:3")]) == Version(1, 2, 3)
+    for bad in (b"", b"1:2", b"a:b:c", b"-1:0:0", b"1:2:3:4"):
+        assert version_from_headers([(HEADER_VERSION, bad)]) is None
+    assert version_from_headers(None) is None and version_from_headers([]) is None
+    assert Version(5, 0, 9) > Version(5, 0, 8) > Version(4, 9, 100), "timestamp first"

@@ -14,7 +14,7 @@ import numpy as np
 from consumer.engine.loop import Engine, Ref
 from consumer.inference import InferenceRejectedError, ModelSpec
 from consumer.settings import Settings
-from schemas import ErrorType, ImageMessage, Stage
+from schemas import ErrorType, ImageMessage, Stage, Version
 
 
 class StubTriton:
@@ -48,9 +48,13 @@ def _engine(triton: StubTriton) -> tuple[Engine, StubWriter]:
     return engine, writer
 
 
-def _items(count: int) -> tuple[list[tuple[Ref, ImageMessage, int]], np.ndarray]:
+def _items(count: int) -> tuple[list[tuple[Ref, ImageMessage, Version]], np.ndarray]:
     items = [
-        (Ref(1, "t", 0, i), ImageMessage.upsert(f"http://example.com/{i}.jpg", id=f"id{i}"), 1000)
+        (
+            Ref(1, "t", 0, i),
+            ImageMessage.upsert(f"http://example.com/{i}.jpg", id=f"id{i}"),
+            Version(1000, 0, i),
+        )
         for i in range(count)
     ]
     batch = np.zeros((count, 4, 4, 3), np.float32)
