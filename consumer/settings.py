@@ -110,6 +110,11 @@ class Settings(BaseSettings):
         default=False,
         description="rewrite rows whose stored version equals the message's (never older ones)",
     )
+    tombstone_retention_s: float | None = Field(
+        default=None,
+        gt=0,
+        description="how long deletions are remembered (default: the topics' retention.ms)",
+    )
     until_end: bool = False
     until: datetime | None = None
     max_rate: float | None = Field(default=None, gt=0, description="messages per second")

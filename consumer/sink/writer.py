@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from consumer.sink.tombstones import Tombstones
 from schemas import Version
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,9 @@ class MilvusWriter:
         on_results: Callable[[list[WriteResult]], None],
         is_latest: Callable[[WriteOp], bool] = lambda op: True,
         rewrite_same_version: bool = False,
+        tombstones: Tombstones | None = None,
+        tombstone_retention_s: float | None = None,
+        purge_interval_s: float = 3600.0,
         batch_rows: int = 256,
         max_age_s: float = 0.2,
         flush_interval_s: float | None = None,
@@ -71,6 +75,10 @@ class MilvusWriter:
         self._on_results = on_results
         self._is_latest = is_latest
         self._rewrite_same_version = rewrite_same_version
+        self._tombstones = tombstones
+        self._tombstone_retention_s = tombstone_retention_s
+        self._purge_interval_s = purge_interval_s
+        self._last_purge = 0.0
         self._batch_rows = batch_rows
         self._max_age_s = max_age_s
         self._flush_interval_s = flush_interval_s
@@ -165,8 +173,22 @@ class MilvusWriter:
                     group, pending = pending[: self._batch_rows], pending[self._batch_rows :]
                     self._write_with_retry(group)
             self._maybe_flush()
+            self._maybe_purge()
         if not self._abort.is_set():
             self._flush()
+
+    def _maybe_purge(self) -> None:
+        """Drop tombstones older than the retention, at most once per ``purge_interval_s``."""
+        if self._tombstones is None or self._tombstone_retention_s is None:
+            return
+        now = time.monotonic()
+        if self._last_purge and now - self._last_purge < self._purge_interval_s:
+            return
+        self._last_purge = now
+        try:
+            self._tombstones.purge(self._tombstone_retention_s)
+        except Exception as exc:  # purging is housekeeping: the next interval tries again
+            log.warning("tombstone purge failed: %s", exc)
 
     def _maybe_flush(self) -> None:
         if self._flush_interval_s and time.monotonic() - self._last_flush >= self._flush_interval_s:
@@ -230,6 +252,8 @@ class MilvusWriter:
             self._client.upsert(self._collection, [op.row for op in upserts])
         if deletes:
             self._client.delete(self._collection, ids=[op.id for op in deletes])
+            if self._tombstones is not None:  # the deletion keeps its version
+                self._tombstones.record([(op.id, op.version) for op in deletes])
         results.extend(WriteResult(op.token, "written") for op in upserts)
         results.extend(WriteResult(op.token, "deleted") for op in deletes)
         return results
@@ -261,5 +285,11 @@ class MilvusWriter:
         return op.version > stored
 
     def _stored_versions(self, ids: list[str]) -> dict[str, Version]:
+        """Per id, the higher of the stored row's version and its tombstone's."""
         rows = self._client.get(self._collection, ids=ids, output_fields=["id", *VERSION_FIELDS])
-        return {str(r["id"]): Version.of_row(r) for r in rows}
+        stored = {str(r["id"]): Version.of_row(r) for r in rows}
+        if self._tombstones is not None:
+            for id_, deleted in self._tombstones.versions(ids).items():
+                if id_ not in stored or deleted > stored[id_]:
+                    stored[id_] = deleted
+        return stored

@@ -61,7 +61,9 @@ def test_every_message_lands_once_and_a_rerun_ingests_nothing(
 def test_replay_leaves_rows_and_vectors_unchanged(
     kafka_bootstrap: str, milvus_uri: str, photo_dir: Path, run_consumer, unique_name: str
 ) -> None:
-    """A replay of the whole topic with a new group: same row count, vectors equal within 1e-5."""
+    """A replay of the whole topic with a new group reads the same versions again: they are not
+    rewritten (skipped as not newer); with --rewrite-same-version they are embedded and written
+    again: same row count, vectors equal within 1e-5."""
     messages = photo_messages(photo_dir)[:9]
     create_topic(kafka_bootstrap, unique_name, partitions=2)
     produce_json(kafka_bootstrap, unique_name, messages)
@@ -78,7 +80,13 @@ def test_replay_leaves_rows_and_vectors_unchanged(
     before = rows_by_id(milvus_uri, unique_name, ["id", "embedding"])
     replay = run_consumer(*base, "--group", f"{unique_name}_b", "--from", "earliest")
     assert replay.returncode == 0, replay.stderr[-3000:]
-    assert replay.summary is not None and replay.summary["ingested"] == len(messages)
+    assert replay.summary is not None
+    assert (replay.summary["ingested"], replay.summary["skipped_stale"]) == (0, len(messages))
+    rewrite = run_consumer(
+        *base, "--group", f"{unique_name}_c", "--from", "earliest", "--rewrite-same-version"
+    )
+    assert rewrite.returncode == 0, rewrite.stderr[-3000:]
+    assert rewrite.summary is not None and rewrite.summary["ingested"] == len(messages)
     after = rows_by_id(milvus_uri, unique_name, ["id", "embedding"])
     assert sorted(after) == sorted(before)
     for key, row in before.items():

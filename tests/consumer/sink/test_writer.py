@@ -226,3 +226,57 @@ def test_rewrite_same_version_rewrites_equal_versions_but_never_older_ones() -> 
     writer.close()
     assert {r.token: r.outcome for r in results} == {"older": "skipped_stale", "same": "written"}
     assert client.rows["x"]["tag"] == "stored" and client.rows["y"]["tag"] == "again"
+
+
+class FakeTombstones:
+    """The writer's view of the tombstone collection: deletion versions by id."""
+
+    def __init__(self) -> None:
+        self.stones: dict[str, Version] = {}
+        self.purged: list[float] = []
+
+    def versions(self, ids: list[str]) -> dict[str, Version]:
+        return {i: self.stones[i] for i in ids if i in self.stones}
+
+    def record(self, deletions: list[tuple[str, Version]]) -> None:
+        self.stones.update(deletions)
+
+    def purge(self, retention_s: float) -> None:
+        self.purged.append(retention_s)
+
+
+def test_a_delete_keeps_its_version_so_older_upserts_stay_deleted() -> None:
+    client, results, stones = FakeMilvus(), [], FakeTombstones()
+    client.rows["x"] = _row("x", 100, "stored")
+    writer = _writer(client, results, max_age_s=0.01, tombstones=stones)
+    writer.start()
+    writer.submit([WriteOp("del", "x", _v(200), None)])
+    _wait_for(results, 1)
+    assert "x" not in client.rows and stones.stones == {"x": _v(200)}
+    writer.submit([WriteOp("older", "x", _v(150), _row("x", 150, "older"))])
+    _wait_for(results, 2)
+    writer.submit([WriteOp("newer", "x", _v(300), _row("x", 300, "newer"))])
+    _wait_for(results, 3)
+    writer.close()
+    outcomes = {r.token: r.outcome for r in results}
+    assert outcomes == {"del": "deleted", "older": "skipped_stale", "newer": "written"}
+    assert client.rows["x"]["tag"] == "newer"
+
+
+def test_tombstones_are_purged_after_their_retention() -> None:
+    client, results, stones = FakeMilvus(), [], FakeTombstones()
+    writer = _writer(
+        client,
+        results,
+        max_age_s=0.01,
+        flush_interval_s=0.01,
+        tombstones=stones,
+        tombstone_retention_s=7 * 86400,
+        purge_interval_s=3600,
+    )
+    writer.start()
+    deadline = time.monotonic() + 5
+    while not stones.purged and time.monotonic() < deadline:
+        time.sleep(0.01)
+    writer.close()
+    assert stones.purged == [7 * 86400], "purged once at start, then once an interval"
