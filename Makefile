@@ -69,6 +69,10 @@ demo: setup ## Publish photos, ingest them, search with a crop (DEMO_SOURCE=s3: 
 test: setup minio $(HELM_BIN) ## Run every test against real servers the tests start themselves
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+.PHONY: unit
+unit: setup ## Run the fast tests alone (no servers: neither integration nor slow)
+	$(PY) -m pytest -m "not integration and not slow" $(PYTEST_ARGS)
+
 .PHONY: lint
 lint: setup $(HELM_BIN) ## ruff, hadolint and helm lint
 	$(VENV)/bin/ruff check .

@@ -238,3 +238,37 @@ def start_triton(
     yield start
     for server in servers:
         server.kill()
+
+
+# -- what `make unit` leaves out -------------------------------------------------------------------
+
+#: Fixtures that start or need a server: a test that uses one is an integration test.
+SERVER_FIXTURES = frozenset(
+    {
+        "kafka_bootstrap",
+        "milvus_uri",
+        "minio",
+        "_triton",
+        "triton_grpc_url",
+        "triton_http_url",
+        "start_kafka",
+        "start_milvus",
+        "start_triton",
+    }
+)
+#: Folders whose tests start servers, engines or containers of their own.
+SERVER_FOLDERS = ("devstack", "containers", "bench", "reliability")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test that needs a server ``integration``, so ``make unit`` (``-m "not
+    integration and not slow"``) runs only what needs none."""
+    root = Path(__file__).parent
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        try:
+            folder = item.path.relative_to(root).parts[0]
+        except ValueError:
+            folder = ""
+        if fixtures & SERVER_FIXTURES or folder in SERVER_FOLDERS:
+            item.add_marker(pytest.mark.integration)
