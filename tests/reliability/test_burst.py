@@ -9,7 +9,13 @@ import pytest
 
 from tests.support.kafka import committed_offsets, create_topic, end_offsets
 from tests.support.milvus import count_rows
-from tests.support.reliability import ConsumerProcess, image_record, publish
+from tests.support.reliability import (
+    ConsumerProcess,
+    assert_upserts_only,
+    assert_written_once_per_ingest,
+    image_record,
+    publish,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -30,6 +36,7 @@ def _ingest(
     servers: dict[str, str],
     photos: list[Path],
     spawn: Callable[..., ConsumerProcess],
+    mutant: str | None = None,
 ) -> ConsumerProcess:
     create_topic(servers["kafka"], topic, partitions=2)
     records = [
@@ -41,9 +48,13 @@ def _ingest(
         "--topic", topic, "--group", topic, "--collection", topic, "--until-end",
         "--file-root", str(photos[0].parent),
         "--max-rows-in-flight", str(MAX_ROWS_IN_FLIGHT), "--batch-size", "8",
-        **servers, name=f"backlog-{count}",
+        **servers, name=f"backlog-{count}", mutant=mutant,
     )  # fmt: skip
     assert proc.wait() == 0, proc.log_tail()
+    if mutant:
+        proc.assert_mutant_applied()
+    assert_upserts_only(proc)
+    assert_written_once_per_ingest(proc)
     assert proc.summary()["ingested"] == count
     assert count_rows(servers["milvus"], topic) == count
     assert committed_offsets(servers["kafka"], topic, topic) == end_offsets(servers["kafka"], topic)
@@ -53,7 +64,7 @@ def _ingest(
 def test_burst_of_ten_times_the_backlog_keeps_memory_bounded(
     kafka_bootstrap: str,
     milvus_uri: str,
-    triton_grpc_url: str,
+    triton_url: str,
     photos: list[Path],
     spawn: Callable[..., ConsumerProcess],
     unique_name: str,
@@ -62,7 +73,7 @@ def test_burst_of_ten_times_the_backlog_keeps_memory_bounded(
     a burst ten times larger (240), every message once; the burst's peak RSS stays under the
     fixed BURST_RSS_BOUND_BYTES and within BACKLOG_GROWTH_BOUND_BYTES of the normal run's peak
     (the backlog waits in Kafka, not in memory)."""
-    servers = {"kafka": kafka_bootstrap, "milvus": milvus_uri, "triton": triton_grpc_url}
+    servers = {"kafka": kafka_bootstrap, "milvus": milvus_uri, "triton": triton_url}
     normal = _ingest(NORMAL_BACKLOG, f"{unique_name}_normal", servers, photos, spawn)
     burst = _ingest(BURST_BACKLOG, f"{unique_name}_burst", servers, photos, spawn)
     peaks = (normal.peak_rss_bytes, burst.peak_rss_bytes)

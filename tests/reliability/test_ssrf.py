@@ -62,7 +62,7 @@ def _run(
 def test_forbidden_addresses_and_paths_are_dead_lettered_end_to_end(
     kafka_bootstrap: str,
     milvus_uri: str,
-    triton_grpc_url: str,
+    triton_url: str,
     photos: list[Path],
     spawn: Callable[..., ConsumerProcess],
     unique_name: str,
@@ -90,7 +90,7 @@ def test_forbidden_addresses_and_paths_are_dead_lettered_end_to_end(
         {"/ok.jpg": send_bytes(jpeg), "/redirect": send_redirect("/ok.jpg")}
     ).start()
     trap = LocalHttpServer({"/ok.jpg": send_bytes(jpeg)}, host="127.0.0.2").start()
-    servers = {"milvus": milvus_uri, "triton": triton_grpc_url, "kafka": kafka_bootstrap}
+    servers = {"milvus": milvus_uri, "triton": triton_url, "kafka": kafka_bootstrap}
     try:
         p, q = web.port, trap.port
         addr = "forbidden_address"

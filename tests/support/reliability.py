@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -25,6 +26,8 @@ import orjson
 import psutil
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
+
+from tests.support.mutant_consumer import ENV_CALLS, ENV_MUTANT
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 
@@ -47,13 +50,22 @@ class ConsumerProcess:
     log_path: Path
     summary_path: Path | None = None
     metrics_port: int | None = None
-    peak_rss_bytes: int = 0
+    #: A deliberately broken variant (``tests/support/mutant_consumer.py``), for tests of tests.
+    mutant: str | None = None
+    #: (time.monotonic(), RSS bytes) every 50 ms while the process runs.
+    rss_samples: list[tuple[float, int]] = field(default_factory=list, repr=False)
+    _rss_error: BaseException | None = field(default=None, repr=False)
     _proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     _sampler: threading.Thread | None = field(default=None, repr=False)
     _stop_sampling: threading.Event = field(default_factory=threading.Event, repr=False)
 
+    @property
+    def calls_path(self) -> Path:
+        """What the process sent: acknowledged Milvus writes and Kafka commits (JSON lines)."""
+        return self.log_path.with_name(self.log_path.stem + "-calls.jsonl")
+
     def start(self) -> ConsumerProcess:
-        cmd = [sys.executable, "-m", "consumer", "run", *self.args]
+        cmd = [sys.executable, "-m", "tests.support.mutant_consumer", "run", *self.args]
         if self.summary_path is not None:
             cmd += ["--summary-json", str(self.summary_path)]
         if self.metrics_port is None:
@@ -62,9 +74,13 @@ class ConsumerProcess:
             cmd += ["--metrics-port", str(self.metrics_port)]
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
+            env = {**self.env, ENV_CALLS: str(self.calls_path)}
+            env.pop(ENV_MUTANT, None)
+            if self.mutant is not None:
+                env[ENV_MUTANT] = self.mutant
             self._proc = subprocess.Popen(
                 cmd,
-                env=dict(self.env),
+                env=env,
                 cwd=ROOT,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
@@ -79,10 +95,53 @@ class ConsumerProcess:
         try:
             watched = psutil.Process(self._proc.pid)
             while not self._stop_sampling.is_set() and self._proc.poll() is None:
-                self.peak_rss_bytes = max(self.peak_rss_bytes, watched.memory_info().rss)
+                self.rss_samples.append((time.monotonic(), watched.memory_info().rss))
                 self._stop_sampling.wait(0.05)
-        except psutil.Error:
-            return
+        except psutil.NoSuchProcess:
+            return  # it exited between poll() and the read
+        except Exception as exc:  # reported by peak_rss_bytes
+            self._rss_error = exc
+
+    @property
+    def peak_rss_bytes(self) -> int:
+        """Peak resident memory seen; fails when the sampler erred or saw nothing."""
+        assert self._rss_error is None, f"RSS sampler failed: {self._rss_error!r}"
+        assert self.rss_samples, "the RSS sampler recorded nothing"
+        peak = max(rss for _, rss in self.rss_samples)
+        assert peak > 0, "the RSS sampler read 0 bytes"
+        return peak
+
+    def peak_rss_between(self, start: float, end: float = float("inf")) -> int:
+        """Peak RSS sampled in [start, end) (time.monotonic()); 0 when no sample fell there."""
+        self.peak_rss_bytes  # noqa: B018 - the sampler's own checks
+        return max((rss for t, rss in self.rss_samples if start <= t < end), default=0)
+
+    def calls(self) -> list[dict[str, Any]]:
+        """The lines of the calls file (empty before the first call)."""
+        try:
+            text = self.calls_path.read_bytes()
+        except FileNotFoundError:
+            return []
+        return [orjson.loads(line) for line in text.splitlines() if line.strip()]
+
+    def milvus_writes(self) -> list[dict[str, Any]]:
+        """Acknowledged writes to the rows' collection, in order: ``{"op": "upsert"|"insert"|
+        "delete", "collection", "ids"}`` (bookkeeping collections such as tombstones left out)."""
+        return [
+            c
+            for c in self.calls()
+            if c["op"] in ("upsert", "insert", "delete")
+            and not str(c.get("collection") or "").endswith("_tombstones")
+        ]
+
+    def upserted_ids(self) -> list[str]:
+        """Every id of every acknowledged upsert (or insert), with repeats."""
+        return [i for c in self.milvus_writes() if c["op"] != "delete" for i in c["ids"]]
+
+    def assert_mutant_applied(self) -> None:
+        assert self.mutant is not None
+        applied = [c["name"] for c in self.calls() if c["op"] == "mutant"]
+        assert applied == [self.mutant], (applied, self.log_tail())
 
     @property
     def pid(self) -> int:
@@ -116,6 +175,12 @@ class ConsumerProcess:
         if self.running():
             assert self._proc is not None
             self._proc.send_signal(signal.SIGTERM)
+
+    def send_signal(self, signum: int) -> None:
+        """Send ``signum`` if the process still runs."""
+        if self.running():
+            assert self._proc is not None
+            self._proc.send_signal(signum)
 
     def kill(self) -> None:
         """SIGKILL, and reap it."""
@@ -500,3 +565,196 @@ class SilentServer:
 
     def close(self) -> None:
         self._sock.close()
+
+
+# -- what was sent, and what was committed ---------------------------------------------------------
+
+
+def assert_upserts_only(*procs: ConsumerProcess) -> None:
+    """Every acknowledged Milvus write of every process was an upsert or a delete.
+
+    Milvus Lite replaces a row whose key exists even on ``insert``; real Milvus keeps both rows,
+    so an ``insert`` is a duplicate row there, whatever ``count(*)`` says here.
+    """
+    for proc in procs:
+        bad = [c for c in proc.milvus_writes() if c["op"] not in ("upsert", "delete")]
+        assert not bad, f"NOT AN UPSERT: {proc.log_path.name} sent {bad[:3]}"
+
+
+def assert_written_once_per_ingest(proc: ConsumerProcess) -> None:
+    """The ids the process upserted are exactly as many as its summary's ``ingested``, each id
+    at most once per message: a row written twice (or once more than counted) fails."""
+    summary = proc.summary()
+    sent = proc.upserted_ids()
+    assert len(sent) == summary["ingested"], (
+        f"DUPLICATE WRITE: {proc.log_path.name} upserted {len(sent)} rows for "
+        f"{summary['ingested']} ingested messages"
+    )
+
+
+@dataclass
+class CommitViolation:
+    sample: int
+    partition: int
+    offset: int
+    msg_id: str | None
+
+
+class CommitSampler:
+    """Reads the group's committed offsets every ``interval_s`` from the broker and, right after,
+    what is durable at that moment (``durable()``: the ids in Milvus); every committed offset's
+    message must be durable, or in the dead-letter topic (read only when an id is missing).
+
+    A commit read before the durable set can only name work acknowledged before it, so a sample
+    never blames a correct consumer. Use as a context manager, then ``check()``.
+    """
+
+    def __init__(
+        self,
+        bootstrap: str,
+        group: str,
+        topic: str,
+        positions: Mapping[str, tuple[int, int]],
+        durable: Callable[[], set[str]],
+        *,
+        interval_s: float = 0.1,
+    ) -> None:
+        self.bootstrap, self.group, self.topic = bootstrap, group, topic
+        self.by_position = {pos: msg_id for msg_id, pos in positions.items()}
+        self.partitions = sorted({p for p, _ in positions.values()})
+        self.durable = durable
+        self.interval_s = interval_s
+        self.samples = 0
+        self.max_committed: dict[int, int] = {}
+        self.violations: list[CommitViolation] = []
+        self.errors: list[str] = []
+        self._dead: set[tuple[int, int]] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="commit-sampler", daemon=True)
+
+    def add(self, positions: Mapping[str, tuple[int, int]]) -> None:
+        """Messages published after the sampler started."""
+        self.by_position.update({pos: msg_id for msg_id, pos in positions.items()})
+        self.partitions = sorted(set(self.partitions) | {p for p, _ in positions.values()})
+
+    def _dead_lettered(self, part: int, off: int) -> bool:
+        if (part, off) not in self._dead:
+            for rec in read_topic(self.bootstrap, f"{self.topic}.dlq"):
+                if rec.headers.get("source.topic") == self.topic:
+                    self._dead.add(
+                        (int(rec.headers["source.partition"]), int(rec.headers["source.offset"]))
+                    )
+        return (part, off) in self._dead
+
+    def sample_once(self, reader: Consumer) -> None:
+        wanted = [TopicPartition(self.topic, p) for p in self.partitions]
+        committed = {
+            tp.partition: tp.offset for tp in reader.committed(wanted, timeout=10) if tp.offset > 0
+        }
+        durable = self.durable()
+        self.samples += 1
+        for part, end in committed.items():
+            self.max_committed[part] = max(self.max_committed.get(part, 0), end)
+            for off in range(end):
+                msg_id = self.by_position.get((part, off))
+                if msg_id is not None and msg_id in durable:
+                    continue
+                if msg_id is None or not self._dead_lettered(part, off):
+                    self.violations.append(CommitViolation(self.samples, part, off, msg_id))
+
+    def _run(self) -> None:
+        reader = Consumer(
+            {
+                "bootstrap.servers": self.bootstrap,
+                "group.id": self.group,
+                "enable.auto.commit": False,
+                "log_level": 0,  # a broker stopped on purpose is not news
+            }
+        )
+        try:
+            while not self._stop.is_set():
+                try:
+                    self.sample_once(reader)
+                except Exception as exc:  # a broker or Milvus restarting: the next sample counts
+                    self.errors.append(repr(exc))
+                self._stop.wait(self.interval_s)
+        finally:
+            reader.close()
+
+    def __enter__(self) -> CommitSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+    def check(self, *, min_committed: int = 1) -> None:
+        """No violation; enough samples; at least ``min_committed`` offsets seen committed."""
+        assert not self.violations, "COMMITTED BEFORE DURABLE: " + "; ".join(
+            f"sample {v.sample}: {v.partition}:{v.offset} ({v.msg_id}) committed, not in "
+            "Milvus nor dead-lettered"
+            for v in self.violations[:5]
+        )
+        assert self.samples >= 3, (self.samples, self.errors[-3:])
+        seen = sum(self.max_committed.values())
+        assert seen >= min_committed, (
+            f"the sampler saw {seen} committed offsets, wanted {min_committed} "
+            f"({self.samples} samples, errors {self.errors[-3:]})"
+        )
+
+
+class MilvusIds:
+    """``durable()`` for a sampler: the ids in a collection now (Strong consistency), through one
+    client. While ``fallback`` is set (Milvus stopped on purpose), the ids the consumer's Milvus
+    acknowledged are used instead (its calls file)."""
+
+    def __init__(self, uri: str, collection: str) -> None:
+        from pymilvus import MilvusClient
+
+        self.uri, self.collection = uri, collection
+        self._client: Any = MilvusClient(uri)
+        self.fallback: Callable[[], set[str]] | None = None
+
+    def __call__(self) -> set[str]:
+        if self.fallback is not None:
+            return self.fallback()
+        if not self._client.has_collection(self.collection):
+            return set()
+        rows = self._client.query(
+            self.collection,
+            filter='id != ""',
+            output_fields=["id"],
+            consistency_level="Strong",
+            limit=16384,
+            timeout=10,
+        )
+        return {str(r["id"]) for r in rows}
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def acknowledged_ids(*procs: ConsumerProcess) -> Callable[[], set[str]]:
+    """``durable()`` from what Milvus acknowledged to the given processes."""
+    return lambda: {i for proc in procs for i in proc.upserted_ids()}
+
+
+def assert_restart_redid_the_rest(
+    restart: ConsumerProcess, uncommitted: set[str], acknowledged_before: set[str]
+) -> None:
+    """Exactly once for committed work: the restart sends only uncommitted messages, each once;
+    it sends every uncommitted one that no earlier run had written (one already written may be
+    skipped as the same version, or rewritten); its summary accounts for each uncommitted
+    message once."""
+    sent = Counter(restart.upserted_ids())
+    twice = [m for m, n in sent.items() if n > 1]
+    assert not twice, f"DUPLICATE WRITE: the restart sent {twice[:5]} more than once"
+    again = set(sent) - uncommitted
+    assert not again, f"DUPLICATE WRITE: committed work sent again: {sorted(again)[:5]}"
+    missing = uncommitted - acknowledged_before - set(sent)
+    assert not missing, f"uncommitted, never written, not redone: {sorted(missing)[:5]}"
+    summary = restart.summary()
+    accounted = summary["ingested"] + summary["skipped_stale"] + summary["superseded"]
+    assert accounted == len(uncommitted), (summary, len(uncommitted))
+    assert summary["ingested"] == len(sent), (summary, len(sent))
