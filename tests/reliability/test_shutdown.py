@@ -128,7 +128,7 @@ STOP_MESSAGES = 12
 HELD_INDEX = 4
 #: Exit wait for a stop that must end by itself: far above the 3 s drain bound, far below
 #: the held fetch (600 s timeouts), so only a bounded drain or an abort can end the process.
-STOP_EXIT_WAIT_S = 40.0
+STOP_EXIT_WAIT_S = 30.0
 
 #: Product defect: the process cannot exit while an I/O thread is blocked in a fetch. After
 #: an abort, concurrent.futures' exit hook joins the I/O pool's threads; after a drain timeout,
