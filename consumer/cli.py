@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -62,10 +61,14 @@ def _configure_logging(s: Settings) -> None:
     configure_logging(s.log_level, s.log_format)
 
 
-def _backfill_group(collection: str, start: str) -> str:
-    slug = re.sub(r"[^A-Za-z0-9]+", "-", start).strip("-").lower()
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    return f"backfill-{collection}-{slug}-{stamp}"
+def _backfill_group(collection: str, start: str, until: str | None) -> str:
+    """The default group of a backfill, derived from its specs alone: the same command started
+    again (after a crash, or a pod's eviction) finds the same group and resumes its plan."""
+
+    def slug(text: str) -> str:
+        return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower()
+
+    return f"backfill-{collection}-{slug(start)}-to-{slug(until) if until else 'end'}"
 
 
 @app.command()
@@ -162,7 +165,7 @@ def run(
 ) -> None:
     """Consume image URIs, embed them and upsert the vectors into Milvus."""
     if start_from and not group and collection:
-        group = _backfill_group(collection, start_from)
+        group = _backfill_group(collection, start_from, until)
     s = _settings(
         config_file=config,
         topic=topic,

@@ -191,6 +191,11 @@ class Settings(BaseSettings):
     max_rows_in_flight: int = Field(default=256, ge=1)
     resume_fraction: float = Field(default=0.5, gt=0, lt=1)
     drain_timeout_s: float = Field(default=30.0, gt=0)
+    dead_letter_refused_timeout_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="how long a dead letter the topic refuses (non-retriable) is retried",
+    )
     canvas_px: int = Field(default=512, ge=contract.RESIZE_SHORTER_PX)
     #: Compiled batch shapes of the JAX step; a micro-batch runs in chunks of the largest.
     #: Small chunks measured about 35% cheaper per image than 8-32 on one CPU core.

@@ -45,9 +45,11 @@ from confluent_kafka import (
     TopicPartition,
 )
 
+from consumer.engine import plan as backfill_plan
 from consumer.engine.crash import crash_point
 from consumer.engine.exceptions import EngineFatalError
 from consumer.engine.generations import Generations
+from consumer.engine.plan import Plan
 from consumer.engine.registry import LatestRegistry
 from consumer.fetch import Fetcher, FetchError, FetchPolicy, decode_image
 from consumer.inference import (
@@ -143,6 +145,7 @@ class _DeadLetterJob:
     text: str
     attempts: int = 0
     due: float = 0.0
+    refused_since: float | None = None  # first of an unbroken run of non-retriable refusals
 
 
 class RunOutcome(StrEnum):
@@ -250,6 +253,7 @@ class Engine:
         self._bounded = settings.until_end or settings.until is not None
         self._limiter = _RateLimiter(settings.max_rate, settings.batch_size)
         self._consumer: Consumer | None = None
+        self._plan: Plan | None = None
         self._producer: Producer | None = None
         self._writer: MilvusWriter | None = None
         self._preprocessor: Any = None
@@ -344,9 +348,22 @@ class Engine:
             "stats_cb": self.metrics.update_from_librdkafka_stats,
         }
         self._consumer = Consumer(conf)
+        if self._bounded and self._start_spec is not None:  # a backfill: made once, resumed
+            self._plan = self._prepare_plan(self._consumer)
         self._consumer.subscribe(
             [s.topic], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
         )
+
+    def _prepare_plan(self, consumer: Consumer) -> Plan:
+        plan, made = backfill_plan.prepare(consumer, self.settings)
+        log.info(
+            "backfill plan made" if made else "backfill plan resumed",
+            plan=plan.plan_id,
+            partitions=len(plan.ends),
+            messages=plan.messages if made else None,
+            ends={str(p): end for p, end in sorted(plan.ends.items())},
+        )
+        return plan
 
     # ============================================================================ main loop
     def run(self) -> RunSummary:
@@ -356,7 +373,7 @@ class Engine:
         try:
             self.setup()
             self._loop()
-            if not self._abort.is_set():
+            if not self._abort.is_set() and self._fatal is None:
                 self._drain()
         finally:
             self._close()
@@ -745,13 +762,29 @@ class Engine:
             except BufferError:
                 self._producer.poll(0.1)
             except KafkaException as exc:
-                self._retry_dead_letter(job, str(exc))
+                self._retry_dead_letter(job, exc.args[0] if exc.args else None, str(exc))
                 return
 
-    def _retry_dead_letter(self, job: _DeadLetterJob, error: str) -> None:
-        """Try again later, with backoff: the offset stays uncommitted until it is delivered."""
+    def _retry_dead_letter(self, job: _DeadLetterJob, err: KafkaError | None, error: str) -> None:
+        """Try again later, with backoff: the offset stays uncommitted until it is delivered.
+
+        An error Kafka calls non-retriable (the record is too large for the topic, the topic is
+        unknown, writing it is not authorized) may still be fixed by an operator, so it is
+        retried too, but for at most ``dead_letter_refused_timeout_s``: then the run stops with
+        the cause (exit 1) rather than hold the partition's commits forever."""
         job.attempts += 1
-        self.metrics.record_retry(RetryOperation.KAFKA_COMMIT)
+        self.metrics.record_retry(RetryOperation.DEAD_LETTER)
+        now = time.monotonic()
+        if isinstance(err, KafkaError) and not err.retriable():
+            job.refused_since = job.refused_since or now
+            if now - job.refused_since > self.settings.dead_letter_refused_timeout_s:
+                self._fatal = EngineFatalError(
+                    f"the dead-letter topic {self.settings.dead_letter_topic!r} refuses a record "
+                    f"(offset {job.ref.offset} of {job.ref.topic}[{job.ref.partition}]) for "
+                    f"{now - job.refused_since:.0f} s: {error}; nothing past it was committed"
+                )
+        else:
+            job.refused_since = None
         if job.attempts == 1 or job.attempts % 10 == 0:
             log.warning(
                 "dead-letter delivery failed; retrying",
@@ -775,7 +808,7 @@ class Engine:
 
     def _on_dlq_delivery(self, job: _DeadLetterJob, err: KafkaError | None, msg: Any) -> None:
         if err is not None:
-            self._retry_dead_letter(job, str(err))
+            self._retry_dead_letter(job, err, str(err))
             return
         self._dlq_pending -= 1
         ref, error_type = job.ref, job.error_type
@@ -813,7 +846,7 @@ class Engine:
         positions = self._tracker.committable(keys)
         if not positions:
             return True
-        offsets = [TopicPartition(t, p, off) for (t, p), off in positions.items()]
+        offsets = [self._commit_position(t, p, off) for (t, p), off in positions.items()]
         started = time.perf_counter()
         try:
             result = self._consumer.commit(offsets=offsets, asynchronous=False)
@@ -831,6 +864,13 @@ class Engine:
             self.summary.committed[f"{topic}:{part}"] = off
             self.metrics.set_uncommitted(topic, part, self._tracker.uncommitted((topic, part)))
         return True
+
+    def _commit_position(self, topic: str, partition: int, offset: int) -> TopicPartition:
+        """What to commit for one partition: a backfill's commits carry its plan (metadata)."""
+        metadata = self._plan.metadata(partition) if self._plan is not None else None
+        if metadata is None:
+            return TopicPartition(topic, partition, offset)
+        return TopicPartition(topic, partition, offset, metadata=metadata)
 
     def _skip_invisible(self, keys: list[PartitionKey]) -> None:
         """Move idle partitions past records the consumer never hands out (transaction
@@ -908,8 +948,9 @@ class Engine:
         log.info("partitions assigned", partitions=[tp.partition for tp in partitions])
 
     def _position(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        """Apply --from to partitions assigned for the first time in this run."""
-        spec = self._start_spec
+        """Apply --from to partitions assigned for the first time in this run (a backfill's
+        plan applied it once, in the group's commits)."""
+        spec = None if self._plan is not None else self._start_spec
         fresh = [tp for tp in partitions if (tp.topic, tp.partition) not in self._positioned]
         for tp in fresh:
             self._positioned.add((tp.topic, tp.partition))
@@ -955,7 +996,9 @@ class Engine:
                 TopicPartition(tp.topic, tp.partition), timeout=10, cached=False
             )
             end = high
-            if until is not None:
+            if self._plan is not None:
+                end = self._plan.ends.get(tp.partition, high)
+            elif until is not None:
                 ms = int(until.timestamp() * 1000) + 1
                 found = consumer.offsets_for_times(
                     [TopicPartition(tp.topic, tp.partition, ms)], timeout=10

@@ -74,6 +74,7 @@ class RetryOperation(StrEnum):
     MILVUS = "milvus"
     FETCH = "fetch"
     KAFKA_COMMIT = "kafka_commit"
+    DEAD_LETTER = "dead_letter"
 
 
 def package_version() -> str:

@@ -328,3 +328,29 @@ def test_a_record_near_the_topic_limit_is_dead_lettered(
     assert run.summary is not None
     assert (run.summary["ingested"], run.summary["dead_lettered"]) == (1, 1), run.summary
     assert committed_offsets(kafka_bootstrap, unique_name, unique_name) == {0: 2}
+
+
+def test_a_dead_letter_the_topic_keeps_refusing_stops_the_run_with_the_cause(
+    kafka_bootstrap: str, milvus_uri: str, photo_dir: Path, run_consumer, unique_name: str
+) -> None:
+    """A dead-letter topic that refuses the record (non-retriable: over its max.message.bytes)
+    is retried for the refused-timeout, then the run exits 1 naming the cause, with nothing past
+    the record committed (before: retried forever, the partition's commits frozen)."""
+    create_topic(kafka_bootstrap, unique_name, partitions=1)
+    create_topic(kafka_bootstrap, f"{unique_name}.dlq", config={"max.message.bytes": "2000"})
+    good = photo_messages(photo_dir)[0]
+    producer = Producer({"bootstrap.servers": kafka_bootstrap})
+    producer.produce(unique_name, key=b"bad", value=b"not json " * 1000, partition=0)
+    producer.produce(unique_name, key=good["id"].encode(), value=orjson.dumps(good), partition=0)
+    assert producer.flush(30) == 0
+    args = ("--topic", unique_name, "--group", unique_name, "--collection", unique_name)
+    env = {"IMAGE_EMBEDDER_DEAD_LETTER_REFUSED_TIMEOUT_S": "3"}
+    try:
+        run = run_consumer(
+            *args, "--until-end", "--file-root", str(photo_dir), env=env, timeout_s=120
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail("the run did not end: the refused dead letter was retried forever")
+    assert run.returncode == 1, run.stderr[-3000:]
+    assert "refuses a record" in run.stderr and "Traceback" not in run.stderr
+    assert committed_offsets(kafka_bootstrap, unique_name, unique_name).get(0, 0) == 0
