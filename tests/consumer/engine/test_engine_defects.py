@@ -6,6 +6,7 @@ Every test here failed on the engine before its fix (they were committed marked
 
 from __future__ import annotations
 
+import random
 import re
 import subprocess
 import threading
@@ -340,7 +341,8 @@ def test_a_dead_letter_the_topic_keeps_refusing_stops_the_run_with_the_cause(
     create_topic(kafka_bootstrap, f"{unique_name}.dlq", config={"max.message.bytes": "2000"})
     good = photo_messages(photo_dir)[0]
     producer = Producer({"bootstrap.servers": kafka_bootstrap})
-    producer.produce(unique_name, key=b"bad", value=b"not json " * 1000, partition=0)
+    poison = b"\xff" + random.Random(7).randbytes(8000)  # not JSON, and incompressible
+    producer.produce(unique_name, key=b"bad", value=poison, partition=0)
     producer.produce(unique_name, key=good["id"].encode(), value=orjson.dumps(good), partition=0)
     assert producer.flush(30) == 0
     args = ("--topic", unique_name, "--group", unique_name, "--collection", unique_name)
