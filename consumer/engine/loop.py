@@ -269,6 +269,7 @@ class Engine:
     def setup(self) -> None:
         """Connect, validate the model and the collection, warm the JAX buckets. Main thread."""
         s = self.settings
+        check_dead_letter_topic(s)  # before the slow start-up work: fail fast
         endpoint = triton_endpoint(s)
         self._spec = wait_for_model_spec(endpoint, s, self._stop)
         self._triton = TritonInference(endpoint, self._spec)
@@ -1173,6 +1174,44 @@ def topic_configs(s: Settings, topics: list[str]) -> dict[str, dict[str, str]]:
             continue
         found[topic] = {k: e.value for k, e in entries.items() if e.value is not None}
     return found
+
+
+def check_dead_letter_topic(s: Settings) -> None:
+    """Fail at start-up when the dead-letter topic is missing and the cluster will not create it:
+    otherwise the first poison message would be retried until the refused-timeout, with that
+    partition's commits held back all the while."""
+    from confluent_kafka.admin import AdminClient, ConfigResource
+
+    admin = AdminClient(s.kafka_common())
+    topic = s.dead_letter_topic
+    try:
+        meta = admin.list_topics(topic, timeout=15)
+    except KafkaException as exc:  # not up yet: the consumer waits for it as usual
+        log.warning("cannot check the dead-letter topic yet", dlq_topic=topic, error=str(exc))
+        return
+    found = meta.topics.get(topic)
+    if found is not None and found.error is None:
+        return
+    broker = next(iter(meta.brokers), None)
+    auto_create = None
+    if broker is not None:
+        resource = ConfigResource(ConfigResource.Type.BROKER, str(broker))
+        try:
+            configs = admin.describe_configs([resource], request_timeout=10)[resource].result(10)
+            entry = configs.get("auto.create.topics.enable")
+            auto_create = None if entry is None else entry.value == "true"
+        except (KafkaException, TimeoutError) as exc:
+            log.info("cannot tell whether the cluster creates topics", error=str(exc))
+    if auto_create is False:
+        raise EngineFatalError(
+            f"the dead-letter topic {topic!r} does not exist and the cluster does not create "
+            f"topics: create it (python -m producer create-topic {s.topic}) or name another "
+            "with --dlq-topic"
+        )
+    log.warning(
+        "the dead-letter topic does not exist yet; the first dead letter creates it",
+        dlq_topic=topic,
+    )
 
 
 def dead_letter_max_bytes(configs: dict[str, str]) -> int:

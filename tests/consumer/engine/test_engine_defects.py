@@ -9,10 +9,12 @@ from __future__ import annotations
 import random
 import re
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -356,3 +358,32 @@ def test_a_dead_letter_the_topic_keeps_refusing_stops_the_run_with_the_cause(
     assert run.returncode == 1, run.stderr[-3000:]
     assert "refuses a record" in run.stderr and "Traceback" not in run.stderr
     assert committed_offsets(kafka_bootstrap, unique_name, unique_name).get(0, 0) == 0
+
+
+def test_a_missing_dead_letter_topic_on_a_cluster_that_does_not_create_topics_fails_at_start(
+    start_kafka: Callable[..., Any],
+    milvus_uri: str,
+    triton_grpc_url: str,
+    photo_dir: Path,
+    tmp_path: Path,
+    unique_name: str,
+) -> None:
+    """Without auto-creation, a missing dead-letter topic is a clear start-up error (exit 1,
+    one line naming the topic and the fix), before any message is read (before: the consumer
+    ran, and the first poison message was retried forever)."""
+    kafka = start_kafka(extra_config={"auto.create.topics.enable": "false"})
+    create_topic(kafka.bootstrap_servers, unique_name, partitions=1)
+    proc = subprocess.run(
+        [
+            *(sys.executable, "-m", "consumer", "run", "--no-metrics", "--until-end"),
+            *("--topic", unique_name, "--group", unique_name, "--collection", unique_name),
+        ],
+        env=consumer_env(kafka.bootstrap_servers, milvus_uri, triton_grpc_url),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert f"dead-letter topic '{unique_name}.dlq' does not exist" in proc.stderr
+    assert "Traceback" not in proc.stderr
