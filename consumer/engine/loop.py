@@ -24,7 +24,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -50,6 +50,7 @@ from consumer.engine.crash import crash_point
 from consumer.engine.exceptions import EngineFatalError
 from consumer.engine.generations import Generations
 from consumer.engine.plan import Plan
+from consumer.engine.pool import DaemonPool
 from consumer.engine.registry import LatestRegistry
 from consumer.fetch import Fetcher, FetchError, FetchPolicy, decode_image
 from consumer.inference import (
@@ -244,6 +245,7 @@ class Engine:
         # set on a second SIGINT or when the drain gives up: inference stops retrying
         self._halt_inference = threading.Event()
         self._closing = False
+        self._drain_timed_out = False
         self._fatal: BaseException | None = None
         self._last_commit = 0.0
         self._reached_end = False
@@ -260,8 +262,8 @@ class Engine:
         self._triton: TritonInference | None = None
         self._spec: ModelSpec | None = None
         self._fetcher: Fetcher | None = None
-        self._io_pool: ThreadPoolExecutor | None = None
-        self._infer_pool: ThreadPoolExecutor | None = None
+        self._io_pool: DaemonPool | None = None
+        self._infer_pool: DaemonPool | None = None
         self._collection: MilvusCollection | None = None
         self._milvus: Any = None
 
@@ -293,13 +295,10 @@ class Engine:
         self.metrics.set_build_info(model=self._spec.name, model_version=self._spec.version)
         self._preprocessor = make_preprocessor(s)
         self._fetcher = Fetcher(fetch_policy(s))
-        self._io_pool = ThreadPoolExecutor(
-            s.io_threads,
-            thread_name_prefix="io",
-            initializer=lower_thread_priority,
-            initargs=(s.io_nice,),
+        self._io_pool = DaemonPool(
+            s.io_threads, name="io", initializer=lower_thread_priority, initargs=(s.io_nice,)
         )
-        self._infer_pool = ThreadPoolExecutor(s.infer_threads, thread_name_prefix="infer")
+        self._infer_pool = DaemonPool(s.infer_threads, name="infer")
         configs = topic_configs(s, [s.topic or "", s.dead_letter_topic])
         tombstones = Tombstones(self._milvus, self.collection_name)
         tombstones.ensure()
@@ -1101,6 +1100,7 @@ class Engine:
                     )
         if self._tracker.in_flight():
             self._halt_inference.set()  # e.g. Triton down: stop retrying, the pool can stop
+            self._drain_timed_out = True  # stuck work (a held fetch) must not hold the exit
             log.warning(
                 "drain timed out; uncommitted work will be redone after restart",
                 rows_in_flight=self._tracker.in_flight(),
@@ -1123,9 +1123,10 @@ class Engine:
                 self._consumer.close()
         if self._producer is not None:
             self._producer.flush(10)
+        wait = not (self._abort.is_set() or self._drain_timed_out or self._fatal is not None)
         for pool in (self._io_pool, self._infer_pool):
             if pool is not None:
-                pool.shutdown(wait=not self._abort.is_set(), cancel_futures=True)
+                pool.shutdown(wait=wait, cancel_futures=True)
         if self._fetcher is not None:
             self._fetcher.close()
         if self._triton is not None:

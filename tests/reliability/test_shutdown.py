@@ -130,17 +130,6 @@ HELD_INDEX = 4
 #: the held fetch (600 s timeouts), so only a bounded drain or an abort can end the process.
 STOP_EXIT_WAIT_S = 30.0
 
-#: Product defect: the process cannot exit while an I/O thread is blocked in a fetch. After
-#: an abort, concurrent.futures' exit hook joins the I/O pool's threads; after a drain timeout,
-#: the engine's close shuts the pool down with wait=True. Either way the exit waits for the
-#: fetch (up to fetch_total_timeout_s, 30 s by default; 600 s here), so neither the second
-#: SIGINT nor drain_timeout_s bounds the stop. Remove the mark once the engine exits anyway.
-STUCK_FETCH_BLOCKS_EXIT = pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="engine defect: exit waits for I/O threads stuck in a fetch (abort and drain timeout)",
-)
-
 
 def send_held(data: bytes, started: threading.Event, release: threading.Event) -> Route:
     """A route that sets ``started``, waits until ``release`` is set, then answers ``data``."""
@@ -270,7 +259,7 @@ def test_second_sigint_aborts_and_drain_is_bounded_committing_nothing_unwritten(
     exits 0; in both, every offset committed at any 0.1 s sample names a message in Milvus,
     the held message's offset is not committed, and the restart ingests exactly the
     uncommitted rest, all ids once. (The held fetch is let go once the Kafka consumer is
-    closed; that the exit itself does not wait for it is the xfail test below.)"""
+    closed; that the exit itself does not wait for it is the test below.)"""
     stop_scenario(
         how,
         kafka_bootstrap=kafka_bootstrap,
@@ -283,7 +272,6 @@ def test_second_sigint_aborts_and_drain_is_bounded_committing_nothing_unwritten(
 
 
 @pytest.mark.parametrize("how", ["sigint-twice", "sigterm-drain-bound"])
-@STUCK_FETCH_BLOCKS_EXIT
 def test_abort_and_drain_bound_exit_while_a_fetch_is_stuck(
     how: str,
     kafka_bootstrap: str,
