@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -11,10 +16,54 @@ from consumer.settings import Settings
 
 
 class QueryError(RuntimeError):
-    """The query cannot be answered; the message says why."""
+    """The query cannot be answered; the message says why (and what to do)."""
 
 
-def _read_image_bytes(s: Settings, image: str) -> bytes:
+#: Fields a search may print besides id and score (``--output-fields``); the vector is left out.
+DEFAULT_OUTPUT_FIELDS = ("uri", "metadata")
+_HIDDEN_FIELDS = frozenset({"embedding"})
+#: Library loggers whose errors for expected conditions (a missing collection, a refused
+#: connection) are said once, in the command's own words; ``--log-level DEBUG`` shows them.
+_LIBRARY_LOGGERS = ("pymilvus", "grpc", "grpc._channel", "tritonclient", "urllib3", "botocore")
+
+
+def default_cache_dir() -> Path:
+    """The persistent JAX compilation cache of this user: ``$XDG_CACHE_HOME/image-embedder/jax``
+    (``~/.cache/image-embedder/jax``), the same whatever the working directory."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache")
+    return Path(base) / "image-embedder" / "jax"
+
+
+def with_stable_cache(s: Settings) -> Settings:
+    """``s`` with the compilation cache at :func:`default_cache_dir` unless one was configured
+    (flag, environment or settings file)."""
+    if "compilation_cache_dir" in s.model_fields_set:
+        return s
+    return s.model_copy(update={"compilation_cache_dir": default_cache_dir()})
+
+
+def quiet_libraries(level: str) -> None:
+    """Keep library loggers (and gRPC's C core) from printing tracebacks for conditions the
+    command reports itself; at DEBUG they stay as they are."""
+    if level.upper() == "DEBUG":
+        return
+    os.environ.setdefault("GRPC_VERBOSITY", "NONE")
+    for name in _LIBRARY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.CRITICAL + 1)
+
+
+def one_line(text: object, limit: int = 400) -> str:
+    """A library's message reduced to one line of at most ``limit`` characters."""
+    line = " ".join(str(text).split())
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def _milvus_message(exc: BaseException) -> str:
+    message = getattr(exc, "message", None) or str(exc)
+    return one_line(message)
+
+
+def _read_image_bytes(s: Settings, image: str, fetcher: Any = None) -> bytes:
     """A local path (given by the operator) is read as is; a URI goes through the fetch guard."""
     if "://" not in image or image.startswith("file://"):
         path = Path(image.removeprefix("file://"))
@@ -22,80 +71,302 @@ def _read_image_bytes(s: Settings, image: str) -> bytes:
             return path.read_bytes()
         except OSError as exc:
             raise QueryError(f"cannot read {path}: {exc.strerror}") from exc
-    from consumer.engine.loop import fetch_policy
-    from consumer.fetch import Fetcher, FetchError
+    from consumer.fetch import FetchError
 
-    fetcher = Fetcher(fetch_policy(s))
+    own = fetcher is None
+    if own:
+        fetcher = make_fetcher(s)
     try:
         return fetcher.fetch(image)
     except FetchError as exc:
         raise QueryError(str(exc)) from exc
     finally:
-        fetcher.close()
+        if own:
+            fetcher.close()
 
 
-def embed_image(s: Settings, image: str) -> tuple[np.ndarray, Any]:
-    """Embed one image exactly as the consumer does; returns (unit vector, model spec)."""
-    from consumer.engine.loop import make_preprocessor, triton_endpoint
+def make_fetcher(s: Settings) -> Any:
+    """A fetcher under the ingestion's fetch policy (SSRF guard, size and pixel limits)."""
+    from consumer.engine.loop import fetch_policy
+    from consumer.fetch import Fetcher
+
+    return Fetcher(fetch_policy(s))
+
+
+@dataclass
+class Query:
+    """One query image: what the user named, its pixels, and (once embedded) its vector."""
+
+    image: str
+    pixels: np.ndarray | None = None
+    vector: np.ndarray | None = None
+    error: str | None = None
+    hits: list[dict[str, Any]] = field(default_factory=list)
+
+
+def load_queries(s: Settings, images: Sequence[str]) -> list[Query]:
+    """Read and decode every query image before anything slow starts."""
     from consumer.fetch import FetchError, decode_image
-    from consumer.inference import (
-        InferenceRejectedError,
-        InferenceUnavailableError,
-        ModelMismatchError,
-        TritonInference,
-        l2_normalize,
-        read_model_spec,
-    )
-    from consumer.preprocess import fit_to_canvas
     from schemas import preprocessing as contract
 
-    data = _read_image_bytes(s, image)
+    queries = []
+    fetcher = None
     try:
-        decoded = decode_image(
-            data, min_shorter_px=contract.RESIZE_SHORTER_PX, max_pixels=s.max_pixels
-        )
-    except FetchError as exc:
-        raise QueryError(str(exc)) from exc
-    square = fit_to_canvas(decoded, s.canvas_px)
-    endpoint = triton_endpoint(s)
-    try:
-        spec = read_model_spec(endpoint, s.model, s.model_version, s.output)
-    except (InferenceUnavailableError, ModelMismatchError) as exc:
-        raise QueryError(str(exc)) from exc
-    pre = make_preprocessor(s.model_copy(update={"batch_size": 1}))
-    tensor = pre([square])
-    triton = TritonInference(endpoint, spec)
-    try:
-        vectors = triton.infer(tensor)
-    except (InferenceUnavailableError, InferenceRejectedError) as exc:
-        raise QueryError(f"inference failed: {exc}") from exc
+        for image in images:
+            query = Query(image)
+            try:
+                if "://" in image and not image.startswith("file://") and fetcher is None:
+                    fetcher = make_fetcher(s)
+                data = _read_image_bytes(s, image, fetcher)
+                query.pixels = decode_image(
+                    data, min_shorter_px=contract.RESIZE_SHORTER_PX, max_pixels=s.max_pixels
+                )
+            except QueryError as exc:
+                query.error = str(exc)
+            except FetchError as exc:
+                query.error = f"{image}: {exc}"
+            queries.append(query)
     finally:
-        triton.close()
-    unit, valid = l2_normalize(vectors)
-    if not valid[0]:
-        raise QueryError("the model returned a degenerate vector for this image")
-    return unit[0], spec
+        if fetcher is not None:
+            fetcher.close()
+    return queries
 
 
-def search_collection(s: Settings, spec: Any, vector: np.ndarray, top_k: int) -> list[dict]:
-    """Nearest rows by cosine similarity, refusing a collection built for another model."""
-    from consumer.engine.loop import collection_contract
-    from consumer.sink import CollectionMismatchError, MilvusCollection, collection_name
+class Searcher:
+    """One start-up for many queries: Triton's model, the collection, one compiled shape."""
 
-    client = _milvus(s)
+    def __init__(self, s: Settings) -> None:
+        self.s = s
+        self.client: Any = None
+        self.spec: Any = None
+        self.name = ""
+        self.fields: list[str] = []
+
+    # --- the servers ---------------------------------------------------------------------
+    def open(self) -> None:
+        """Read the model from Triton, find the collection and check that it matches."""
+        from consumer.engine.loop import collection_contract, triton_endpoint
+        from consumer.inference import (
+            InferenceUnavailableError,
+            ModelMismatchError,
+            read_model_spec,
+        )
+        from consumer.sink import (
+            CollectionMismatchError,
+            MilvusCollection,
+            collection_name,
+        )
+
+        s = self.s
+        try:
+            self.spec = read_model_spec(triton_endpoint(s), s.model, s.model_version, s.output)
+        except InferenceUnavailableError as exc:
+            raise QueryError(
+                f"Triton at {s.triton_url} is not available ({one_line(exc, 200)}); start it, "
+                "or point --triton-url (TRITON_URL) at it"
+            ) from exc
+        except ModelMismatchError as exc:
+            raise QueryError(
+                f"{one_line(exc)}; check --model, --model-version and --output"
+            ) from exc
+        contract = collection_contract(self.spec)
+        try:
+            self.name = collection_name(s.collection or "", contract)
+        except CollectionMismatchError as exc:
+            raise QueryError(str(exc)) from exc
+        try:
+            self.client = _milvus(s)
+            exists = self.client.has_collection(self.name) or _is_alias(self.client, self.name)
+        except Exception as exc:  # SinkUnavailableError, or pymilvus on the first call
+            raise QueryError(
+                f"Milvus at {s.milvus_uri} is unreachable ({one_line(_milvus_message(exc), 200)}); "
+                "start it, or point --milvus-uri (MILVUS_URI) at it"
+            ) from exc
+        if not exists:
+            raise QueryError(
+                f"collection {self.name!r} does not exist (nor an alias of that name) in "
+                f"{s.milvus_uri}; check --collection, or ingest into it with "
+                f"`consumer run --collection {self.name}` first"
+            )
+        coll = MilvusCollection(self.client, self.name)
+        try:
+            coll.check(contract)
+        except CollectionMismatchError as exc:
+            raise QueryError(str(exc)) from exc
+        try:
+            desc = self.client.describe_collection(self.name)
+            self.fields = [f["name"] for f in desc.get("fields", [])]
+            self.client.load_collection(self.name)
+        except Exception as exc:
+            raise QueryError(
+                f"cannot load collection {self.name!r}: {_milvus_message(exc)}"
+            ) from exc
+
+    def check_output_fields(self, wanted: Sequence[str]) -> list[str]:
+        known = [f for f in self.fields if f not in _HIDDEN_FIELDS]
+        unknown = [f for f in wanted if f not in known]
+        if unknown:
+            raise QueryError(
+                f"unknown output field(s) {', '.join(unknown)}; collection {self.name!r} "
+                f"stores: {', '.join(known)}"
+            )
+        return [f for f in wanted if f != "id"]
+
+    def check_filter(self, expr: str) -> None:
+        """Let Milvus parse ``expr`` against the schema now, before the model runs."""
+        try:
+            self.client.query(self.name, filter=expr, output_fields=["id"], limit=1)
+        except Exception as exc:
+            raise QueryError(
+                f"invalid --filter {expr!r}: {_milvus_message(exc)}; a filter is a Milvus "
+                f"boolean expression over {', '.join(self.fields)} (e.g. "
+                "'metadata[\"source\"] == \"camera\"' or 'ingested_at > 0')"
+            ) from exc
+
+    # --- embedding -----------------------------------------------------------------------
+    def embed(self, queries: Sequence[Query]) -> None:
+        """Preprocess (one compiled shape) and infer every readable query."""
+        from consumer.engine.loop import triton_endpoint
+        from consumer.inference import (
+            InferenceRejectedError,
+            InferenceUnavailableError,
+            TritonInference,
+            l2_normalize,
+        )
+        from consumer.preprocess import fit_to_canvas
+        from consumer.preprocess.jaxprep import Preprocessor
+
+        todo = [q for q in queries if q.pixels is not None]
+        if not todo:
+            return
+        s = self.s
+        bucket = _bucket_for(len(todo), s.preprocess_buckets)
+        pre = Preprocessor(
+            canvas_px=s.canvas_px, buckets=(bucket,), cache_dir=s.compilation_cache_dir
+        )
+        triton = TritonInference(triton_endpoint(s), self.spec)
+        try:
+            for start in range(0, len(todo), bucket):
+                chunk = todo[start : start + bucket]
+                tensor = pre([fit_to_canvas(q.pixels, s.canvas_px) for q in chunk])
+                try:
+                    vectors = triton.infer(tensor)
+                except (InferenceUnavailableError, InferenceRejectedError) as exc:
+                    raise QueryError(f"inference failed: {one_line(exc)}") from exc
+                unit, valid = l2_normalize(vectors)
+                for i, query in enumerate(chunk):
+                    if valid[i]:
+                        query.vector = unit[i]
+                    else:
+                        query.error = f"{query.image}: the model returned a degenerate vector"
+        finally:
+            triton.close()
+
+    # --- search --------------------------------------------------------------------------
+    def search(
+        self,
+        queries: Sequence[Query],
+        top_k: int,
+        expr: str = "",
+        output_fields: Sequence[str] = DEFAULT_OUTPUT_FIELDS,
+    ) -> None:
+        """One batched search for every embedded query; fills ``query.hits`` best first."""
+        ready = [q for q in queries if q.vector is not None]
+        if not ready:
+            return
+        try:
+            results = self.client.search(
+                self.name,
+                data=[q.vector.tolist() for q in ready],
+                limit=top_k,
+                filter=expr,
+                output_fields=list(output_fields) or ["id"],
+                search_params={"metric_type": "COSINE"},
+            )
+        except Exception as exc:
+            raise QueryError(f"search failed: {_milvus_message(exc)}") from exc
+        for query, hits in zip(ready, results, strict=True):
+            query.hits = [
+                {
+                    "id": h["id"],
+                    "score": clip_score(h["distance"]),
+                    **{f: h["entity"].get(f) for f in output_fields},
+                }
+                for h in hits
+            ]
+
+    def close(self) -> None:
+        if self.client is not None:
+            with contextlib.suppress(Exception):
+                self.client.close()
+
+
+def write_contact_sheet(
+    s: Settings, queries: Sequence[Query], path: Path, top_k: int
+) -> tuple[Path, int]:
+    """Draw one row per query: the query image, then its neighbours, fetched under the
+    ingestion's fetch policy. Returns the path and how many neighbours are placeholders."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from consumer import contactsheet
+    from consumer.fetch import FetchError, decode_image
+
+    uris = sorted({h["uri"] for q in queries for h in q.hits if h.get("uri")})
+    fetcher = make_fetcher(s)
+
+    def load(uri: str) -> tuple[np.ndarray | None, str | None]:
+        try:
+            data = fetcher.fetch(uri)
+            return decode_image(
+                data, min_shorter_px=contactsheet.THUMB_PX, max_pixels=s.max_pixels
+            ), None
+        except FetchError as exc:
+            return None, f"not fetched: {one_line(exc, 160)}"
+
     try:
-        name = collection_name(s.collection or "", collection_contract(spec))
-    except CollectionMismatchError as exc:
-        raise QueryError(str(exc)) from exc
-    if not client.has_collection(name) and not _is_alias(client, name):
-        raise QueryError(f"collection {name!r} does not exist")
-    coll = MilvusCollection(client, name)
-    try:
-        coll.check(collection_contract(spec))
-    except CollectionMismatchError as exc:
-        raise QueryError(str(exc)) from exc
-    client.load_collection(coll.name)
-    return coll.search(vector.tolist(), top_k)
+        with ThreadPoolExecutor(max_workers=min(8, max(1, len(uris)))) as pool:
+            loaded = dict(zip(uris, pool.map(load, uris), strict=True))
+    finally:
+        fetcher.close()
+    rows = []
+    missing = 0
+    for query in queries:
+        label = Path(query.image).name if "://" not in query.image else query.image
+        row = [
+            contactsheet.Tile(
+                query.pixels,
+                ["query", label],
+                reason=query.error,
+                is_query=True,
+            )
+        ]
+        for rank, hit in enumerate(query.hits[:top_k], start=1):
+            pixels, reason = loaded.get(hit.get("uri") or "", (None, "no uri stored"))
+            missing += pixels is None
+            row.append(
+                contactsheet.Tile(
+                    pixels,
+                    [f"#{rank}  score {hit['score']:.3f}", str(hit["id"])],
+                    reason=reason,
+                )
+            )
+        rows.append(row)
+    return contactsheet.write(path, rows), missing
+
+
+def clip_score(value: float) -> float:
+    """Cosine similarity kept in [-1, 1] (float32 sums of unit vectors can pass 1 slightly)."""
+    return max(-1.0, min(1.0, float(value)))
+
+
+def _bucket_for(count: int, buckets: Sequence[int]) -> int:
+    """The one batch shape to compile: the smallest bucket holding every query, else the
+    largest (the queries then go through it in chunks)."""
+    ordered = sorted(set(buckets))
+    for bucket in ordered:
+        if count <= bucket:
+            return bucket
+    return ordered[-1]
 
 
 def _is_alias(client: Any, name: str) -> bool:
