@@ -301,9 +301,37 @@ class _Progress:
 
 @app.command()
 def search(
-    image: Annotated[str, typer.Argument(help="Local image path or URI to search with.")],
+    images: Annotated[
+        list[str], typer.Argument(help="Local image paths or URIs to search with (one or more).")
+    ],
     collection: Collection = None,
     top_k: Annotated[int, typer.Option("--top-k", min=1, max=16384)] = 5,
+    filter_expr: Annotated[
+        str | None,
+        typer.Option(
+            "--filter",
+            help='Milvus boolean expression over the stored fields, e.g. \'metadata["camera"] '
+            "== \"x\"' or 'ingested_at > 1700000000000'.",
+        ),
+    ] = None,
+    output_fields: Annotated[
+        str,
+        typer.Option("--output-fields", help="Comma-separated stored fields to print per hit."),
+    ] = "uri,metadata",
+    contact_sheet: Annotated[
+        Path | None,
+        typer.Option("--contact-sheet", help="Also draw the results as a PNG contact sheet."),
+    ] = None,
+    file_root: Annotated[
+        list[Path] | None,
+        typer.Option("--file-root", help="Directory file:// neighbours may be read from."),
+    ] = None,
+    allow_private_networks: Annotated[
+        bool | None, typer.Option("--allow-private-networks", help="Turn the SSRF guard off.")
+    ] = None,
+    allowed_network: Annotated[
+        list[str] | None, typer.Option("--allowed-network", help="CIDR allowed (repeatable).")
+    ] = None,
     triton_url: TritonUrl = None,
     model: Model = None,
     model_version: ModelVersion = None,
@@ -312,7 +340,8 @@ def search(
     config: Config = None,
     log_level: LogLevel = None,
 ) -> None:
-    """Embed IMAGE through the same preprocessing and model, print the nearest rows as JSON."""
+    """Embed each IMAGE through the same preprocessing and model; print its nearest rows as
+    JSON lines ({"query", "rank", "id", "score", fields...}), and draw them with --contact-sheet."""
     s = _settings(
         config_file=config,
         collection=collection,
@@ -321,25 +350,60 @@ def search(
         model_version=model_version,
         output=output,
         milvus_uri=milvus_uri,
+        file_roots=tuple(file_root) if file_root else None,
+        allow_private_networks=allow_private_networks,
+        allowed_networks=tuple(allowed_network) if allowed_network else None,
         log_level=log_level or "WARNING",
     )
     _configure_logging(s)
     if not s.collection:
         typer.echo("error: --collection is required", err=True)
         raise typer.Exit(EXIT_CONFIG)
-    from consumer.query import QueryError, embed_image, search_collection
+    if contact_sheet is not None and contact_sheet.suffix.lower() != ".png":
+        typer.echo(f"error: --contact-sheet must name a .png file, not {contact_sheet}", err=True)
+        raise typer.Exit(EXIT_CONFIG)
+    fields = [f.strip() for f in output_fields.split(",") if f.strip()]
+    from consumer import query as q
 
+    q.quiet_libraries(s.log_level)
+    s = q.with_stable_cache(s)
+    queries = q.load_queries(s, images)
+    failed = [x for x in queries if x.error]
+    for x in failed:
+        typer.echo(f"error: {x.error}", err=True)
+    if len(failed) == len(queries):
+        raise typer.Exit(EXIT_FATAL)
+    searcher = q.Searcher(s)
     try:
-        vector, spec = embed_image(s, image)
-        hits = search_collection(s, spec, vector, top_k)
-    except QueryError as exc:
+        searcher.open()
+        shown = searcher.check_output_fields(fields)
+        wanted = shown if contact_sheet is None or "uri" in shown else [*shown, "uri"]
+        if filter_expr:
+            searcher.check_filter(filter_expr)
+        searcher.embed(queries)
+        searcher.search(queries, top_k, filter_expr or "", wanted)
+    except q.QueryError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(EXIT_FATAL) from exc
-    for hit in hits:
-        sys.stdout.write(
-            orjson.dumps({"id": hit["id"], "uri": hit["uri"], "score": hit["score"]}).decode()
-            + "\n"
-        )
+    finally:
+        searcher.close()
+    out = sys.stdout
+    for x in queries:
+        if x.vector is None:
+            if x not in failed:
+                typer.echo(f"error: {x.error}", err=True)
+            continue
+        for rank, hit in enumerate(x.hits, start=1):
+            line = {"query": x.image, "rank": rank, "id": hit["id"], "score": hit["score"]}
+            line.update({f: hit.get(f) for f in shown})
+            out.write(orjson.dumps(line).decode() + "\n")
+    out.flush()
+    if contact_sheet is not None:
+        path, missing = q.write_contact_sheet(s, queries, contact_sheet, top_k)
+        note = f" ({missing} neighbour(s) could not be fetched)" if missing else ""
+        typer.echo(f"contact sheet: {path}{note}", err=True)
+    if any(x.vector is None for x in queries):
+        raise typer.Exit(EXIT_FATAL)
 
 
 @app.command()
