@@ -226,13 +226,18 @@ class MilvusWriter:
                 self._reload_if_released(exc)
 
     def _reload_if_released(self, exc: Exception) -> None:
-        """A restarted Milvus serves a collection only after it is loaded again."""
+        """A restarted Milvus serves a collection only after it is loaded again: the
+        collection and its tombstones both (either one released fails every write group)."""
         text = str(exc).lower()
         if "released" in text or "not loaded" in text or "load" in text:
-            try:
-                self._client.load_collection(self._collection)
-            except Exception as load_exc:  # still down: the next attempt retries
-                log.warning("milvus load_collection failed: %s", load_exc)
+            names = [self._collection]
+            if self._tombstones is not None:
+                names.append(self._tombstones.name)
+            for name in names:
+                try:
+                    self._client.load_collection(name)
+                except Exception as load_exc:  # still down: the next attempt retries
+                    log.warning("milvus load_collection(%s) failed: %s", name, load_exc)
 
     def _write(self, group: list[WriteOp]) -> list[WriteResult]:
         results, latest = self._latest_per_id(group)

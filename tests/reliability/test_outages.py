@@ -102,6 +102,7 @@ def milvus_outage_scenario(
         wait_until(
             lambda: committed_offsets(kafka_bootstrap, topic, topic) == ends,
             "the consumer to write and commit everything after the restart",
+            timeout_s=120,
             alive=[proc],
         )
     durable.close()

@@ -280,3 +280,33 @@ def test_tombstones_are_purged_after_their_retention() -> None:
         time.sleep(0.01)
     writer.close()
     assert stones.purged == [7 * 86400], "purged once at start, then once an interval"
+
+
+def test_a_released_collection_and_its_tombstones_are_both_loaded_again() -> None:
+    """A restarted Milvus serves neither the collection nor its tombstones until each is loaded
+    again: the writer loads both, then the write goes through."""
+
+    class Released(FakeMilvus):
+        def __init__(self) -> None:
+            super().__init__()
+            self.loaded: list[str] = []
+
+        def get(self, collection: str, ids: list[str], output_fields: list[str]) -> list[dict]:
+            if "c_tombstones" not in self.loaded:
+                raise RuntimeError("collection c_tombstones is in state released")
+            return super().get(collection, ids, output_fields)
+
+        def load_collection(self, name: str) -> None:
+            self.loaded.append(name)
+
+    class Stones(FakeTombstones):
+        name = "c_tombstones"
+
+    client, results = Released(), []
+    writer = _writer(client, results, max_age_s=0.01, max_backoff_s=0.01, tombstones=Stones())
+    writer.start()
+    writer.submit([WriteOp(1, "a", _v(1), _row("a", 1, "a"))])
+    _wait_for(results, 1)
+    writer.close()
+    assert client.loaded[:2] == ["c", "c_tombstones"]
+    assert [r.outcome for r in results] == ["written"]
