@@ -383,6 +383,9 @@ def search(
         searcher.embed(queries)
         searcher.search(queries, top_k, filter_expr or "", wanted)
     except q.QueryError as exc:
+        import logging
+
+        logging.getLogger("consumer.search").debug("search failed", exc_info=exc)
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(EXIT_FATAL) from exc
     finally:

@@ -59,8 +59,14 @@ def one_line(text: object, limit: int = 400) -> str:
 
 
 def _milvus_message(exc: BaseException) -> str:
-    message = getattr(exc, "message", None) or str(exc)
-    return one_line(message)
+    """pymilvus's own message (``MilvusException.message``), wherever it is in the chain."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        message = getattr(cause, "message", None)
+        if isinstance(message, str) and message:
+            return one_line(message)
+        cause = cause.__cause__
+    return one_line(exc)
 
 
 def _read_image_bytes(s: Settings, image: str, fetcher: Any = None) -> bytes:
@@ -161,6 +167,12 @@ class Searcher:
         try:
             self.spec = read_model_spec(triton_endpoint(s), s.model, s.model_version, s.output)
         except InferenceUnavailableError as exc:
+            if "is not ready" in str(exc):  # Triton answered: no such model (or not loaded)
+                raise QueryError(
+                    f"Triton at {s.triton_url} has no ready model {s.model!r} "
+                    f"(version {s.model_version or 'latest'}); check --model and "
+                    "--model-version, or load the model in Triton"
+                ) from exc
             raise QueryError(
                 f"Triton at {s.triton_url} is not available ({one_line(exc, 200)}); start it, "
                 "or point --triton-url (TRITON_URL) at it"
