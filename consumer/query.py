@@ -358,12 +358,22 @@ def write_contact_sheet(
             row.append(
                 contactsheet.Tile(
                     pixels,
-                    [f"#{rank}  score {hit['score']:.3f}", str(hit["id"])],
+                    [f"#{rank}  score {hit['score']:.3f}", str(hit["id"]), _uri_name(hit)],
                     reason=reason,
                 )
             )
         rows.append(row)
     return contactsheet.write(path, rows), missing
+
+
+def _uri_name(hit: dict[str, Any]) -> str:
+    """The last path segment of a hit's URI (never its query string)."""
+    from urllib.parse import unquote, urlsplit
+
+    try:
+        return unquote(urlsplit(hit.get("uri") or "").path.rsplit("/", 1)[-1])
+    except ValueError:
+        return ""
 
 
 def clip_score(value: float) -> float:

@@ -2,7 +2,8 @@
 
 Starts what is not running, publishes scikit-image's bundled photos plus a few crops and flips of
 them, ingests to the end, searches with a crop of one photo that was not ingested, prints the top
-hits, checks that the photo (or one of its variants) ranks first, and stops what it started.
+hits, checks that the photo (or one of its variants) ranks first, draws a contact sheet of the
+results (a second query too: a flipped crop of another photo) and stops what it started.
 
 ``--source s3`` (``make demo DEMO_SOURCE=s3``) puts the images in a bucket of the local MinIO and
 publishes ``s3://`` URIs instead of ``file://`` ones; the consumer reads them through botocore.
@@ -47,6 +48,7 @@ PHOTOS = (
 )
 VARIANTS_OF = ("chelsea", "coffee", "rocket", "astronaut")
 QUERY_PHOTO = "chelsea"
+SECOND_QUERY_PHOTO = "coffee"
 
 
 def _rgb(image: np.ndarray) -> np.ndarray:
@@ -79,6 +81,10 @@ def write_images(folder: Path) -> Path:
     h, w = image.shape[:2]
     query = folder.parent / f"query_{QUERY_PHOTO}.jpg"
     Image.fromarray(image[h // 20 : h - h // 6, w // 8 : w - w // 20]).save(query, quality=90)
+    image = photos[SECOND_QUERY_PHOTO]
+    h, w = image.shape[:2]
+    second = folder.parent / f"query_{SECOND_QUERY_PHOTO}.jpg"
+    Image.fromarray(image[h // 8 :, : w - w // 8][:, ::-1]).save(second, quality=85)
     return query
 
 
@@ -193,12 +199,36 @@ def _demo(stack: Stack, source: str = "files") -> int:
         f"dead-lettered {summary['dead_lettered']}",
         flush=True,
     )
+    sheet = work / "contact_sheet.png"
+    second = query.parent / f"query_{SECOND_QUERY_PHOTO}.jpg"
+    search_env = dict(env)
+    if source == "s3":  # neighbours are fetched from the bucket for the sheet
+        search_env["AWS_ENDPOINT_URL"] = fetch_args[1]
+        sheet_args = []
+    else:
+        sheet_args = fetch_args
     result = _run(
-        [*py, "consumer", "search", "--collection", collection, "--top-k", "5", str(query)],
-        env=env,
+        [
+            *py,
+            "consumer",
+            "search",
+            "--collection",
+            collection,
+            "--top-k",
+            "5",
+            "--contact-sheet",
+            str(sheet),
+            *sheet_args,
+            str(query),
+            str(second),
+        ],
+        env=search_env,
         capture_output=True,
     )
+    if result.stderr.strip():
+        print(result.stderr.strip(), flush=True)
     hits = [orjson.loads(line) for line in result.stdout.splitlines() if line.strip()]
+    hits = [hit for hit in hits if hit["query"] == str(query)]
     print(f"\ntop hits for {query.name} (a crop of {QUERY_PHOTO!r} that was not ingested):")
     for rank, hit in enumerate(hits, 1):
         print(f"  {rank}. {hit['score']:.3f}  {Path(hit['uri']).name}")
@@ -209,6 +239,7 @@ def _demo(stack: Stack, source: str = "files") -> int:
         print(f"error: {QUERY_PHOTO} did not rank first", file=sys.stderr)
         return 1
     print(f"\nok: {QUERY_PHOTO} ranks first.")
+    print(f"contact sheet of both queries and their neighbours: {sheet}")
     return 0
 
 
