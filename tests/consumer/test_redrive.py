@@ -39,6 +39,20 @@ def _dead_letters(bootstrap: str, topic: str, expected: int) -> list:
     return found
 
 
+def _redrive(bootstrap: str, topic: str, *extra: str) -> None:
+    """``producer redrive`` of ``topic``'s dead letters back to ``topic``, up to their end."""
+    command = [sys.executable, "-m", "producer", "redrive", "--dlq-topic", f"{topic}.dlq"]
+    redrive = subprocess.run(
+        [*command, "--topic", topic, *extra, "--until-end"],
+        env={**os.environ, "KAFKA_BOOTSTRAP_SERVERS": bootstrap},
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert redrive.returncode == 0, redrive.stdout + redrive.stderr
+
+
 def test_dead_letter_then_redrive_after_the_fix(
     kafka_bootstrap: str,
     milvus_uri: str,
@@ -79,28 +93,7 @@ def test_dead_letter_then_redrive_after_the_fix(
     assert sorted(rows_by_id(milvus_uri, unique_name, ["id"])) == ["coffee"]
 
     shutil.copy(photo_dir / "rocket.jpg", root / "late.jpg")  # the cause is fixed
-    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap}
-    redrive = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "producer",
-            "redrive",
-            "--dlq-topic",
-            f"{unique_name}.dlq",
-            "--topic",
-            unique_name,
-            "--where",
-            "error.type=not_found",
-            "--until-end",
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=120,
-    )
-    assert redrive.returncode == 0, redrive.stdout + redrive.stderr
+    _redrive(kafka_bootstrap, unique_name, "--where", "error.type=not_found")
     second = run_consumer(*args)
     assert second.returncode == 0, second.stderr[-3000:]
     assert second.summary is not None and second.summary["ingested"] == 1
@@ -135,17 +128,7 @@ def test_a_redriven_old_version_never_overwrites_a_newer_one_on_a_log_append_tim
     assert first.summary is not None, first.stderr[-3000:]
     assert (first.summary["ingested"], first.summary["dead_lettered"]) == (1, 1), first.summary
     shutil.copy(photo_dir / "rocket.jpg", root / "old.jpg")  # the old one's cause is fixed
-    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap}
-    command = [sys.executable, "-m", "producer", "redrive", "--dlq-topic", f"{unique_name}.dlq"]
-    redrive = subprocess.run(
-        [*command, "--topic", unique_name, "--until-end"],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=120,
-    )
-    assert redrive.returncode == 0, redrive.stdout + redrive.stderr
+    _redrive(kafka_bootstrap, unique_name)
     second = run_consumer(*args)
     assert second.returncode == 0, second.stderr[-3000:]
     assert second.summary is not None

@@ -3,7 +3,7 @@ restart with the same arguments resumes it, a different plan is a clear error.""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -13,9 +13,10 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 
 from consumer.engine.plan import PlanSpec, decode, encode
 from tests.consumer.conftest import photo_messages
+from tests.consumer.engine.conftest import wait_for_commits
 from tests.support.kafka import committed_offsets, create_topic, end_offsets
 from tests.support.milvus import rows_by_id
-from tests.support.reliability import ConsumerProcess, consumer_env, wait_until
+from tests.support.reliability import ConsumerProcess
 
 
 def test_plan_metadata_round_trips_and_foreign_metadata_is_not_a_plan() -> None:
@@ -30,26 +31,6 @@ def test_a_plan_is_named_by_its_specs_not_by_the_offsets_they_resolve_to() -> No
     assert a.plan_id != PlanSpec("t", "g", "latest", None).plan_id
     assert a.plan_id != PlanSpec("t", "g2", "earliest", None).plan_id
     assert a.plan_id != PlanSpec("t", "g", "earliest", "2026-01-01T00:00:00+00:00").plan_id
-
-
-@pytest.fixture
-def spawn(tmp_path: Path) -> Iterator[Callable[..., ConsumerProcess]]:
-    started: list[ConsumerProcess] = []
-
-    def start(*args: str, kafka: str, milvus: str, triton: str) -> ConsumerProcess:
-        label = f"consumer{len(started)}"
-        proc = ConsumerProcess(
-            args=args,
-            env=consumer_env(kafka, milvus, triton, {"IMAGE_EMBEDDER_COMMIT_INTERVAL_S": "0.2"}),
-            log_path=tmp_path / f"{label}.log",
-            summary_path=tmp_path / f"{label}-summary.json",
-        )
-        started.append(proc)
-        return proc.start()
-
-    yield start
-    for proc in started:
-        proc.kill()
 
 
 def _publish(bootstrap: str, topic: str, messages: list[dict], partitions: int) -> None:
@@ -94,12 +75,9 @@ def test_a_killed_backfill_resumes_with_the_same_command_and_ends_where_it_was_p
     args += ("--until-end", "--file-root", str(photo_dir), "--batch-size", str(batch))
     group = f"backfill-{unique_name}-earliest-to-end"
 
-    first = spawn(*args, "--max-rate", "6", **servers)
-    wait_until(
-        lambda: sum(committed_offsets(kafka_bootstrap, group, unique_name).values()) >= 12,
-        "the backfill's first commits",
-        alive=[first],
-    )
+    fast_commits = {"IMAGE_EMBEDDER_COMMIT_INTERVAL_S": "0.2"}
+    first = spawn(*args, "--max-rate", "6", env=fast_commits, **servers)
+    wait_for_commits(kafka_bootstrap, group, unique_name, 12, first)
     first.kill()
     done = sum(committed_offsets(kafka_bootstrap, group, unique_name).values())
     assert 12 <= done < len(planned)

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from confluent_kafka import Producer
 from devstack import TcpProxy, TritonServer, free_port
 from schemas import preprocessing as contract
 from tests.consumer.conftest import photo_messages
+from tests.consumer.engine.conftest import wait_for_commits
 from tests.support.kafka import committed_offsets, create_topic, end_offsets
 from tests.support.milvus import rows_by_id
 from tests.support.reliability import ConsumerProcess, consumer_env, wait_until
@@ -31,35 +32,6 @@ pytestmark = pytest.mark.integration
 
 #: The exit status of a bounded run stopped before its end (EX_TEMPFAIL: "try again").
 EXIT_STOPPED_EARLY = 75
-
-
-@pytest.fixture
-def spawn(tmp_path: Path) -> Iterator[Callable[..., ConsumerProcess]]:
-    """``python -m consumer run ARGS`` as a process (log and summary under tmp_path)."""
-    started: list[ConsumerProcess] = []
-
-    def start(
-        *args: str,
-        kafka: str,
-        milvus: str,
-        triton: str,
-        env: dict[str, str] | None = None,
-        metrics_port: int | None = None,
-    ) -> ConsumerProcess:
-        label = f"consumer{len(started)}"
-        proc = ConsumerProcess(
-            args=args,
-            env=consumer_env(kafka, milvus, triton, env),
-            log_path=tmp_path / f"{label}.log",
-            summary_path=tmp_path / f"{label}-summary.json",
-            metrics_port=metrics_port,
-        )
-        started.append(proc)
-        return proc.start()
-
-    yield start
-    for proc in started:
-        proc.kill()
 
 
 def _produce(bootstrap: str, topic: str, items: list[tuple[dict, int]]) -> None:
@@ -145,13 +117,7 @@ def test_bounded_run_stopped_by_sigterm_exits_75_and_unbounded_exits_0(
     bounded = spawn(
         *common, "--group", f"{unique_name}_b", "--until-end", env=fast_commits, **servers
     )
-    wait_until(
-        lambda: (
-            sum(committed_offsets(kafka_bootstrap, f"{unique_name}_b", unique_name).values()) >= 2
-        ),
-        "the bounded run's first commits",
-        alive=[bounded],
-    )
+    wait_for_commits(kafka_bootstrap, f"{unique_name}_b", unique_name, 2, bounded)
     bounded.terminate()
     assert bounded.wait() == EXIT_STOPPED_EARLY, bounded.log_tail()
     done = committed_offsets(kafka_bootstrap, f"{unique_name}_b", unique_name)[0]
@@ -159,13 +125,7 @@ def test_bounded_run_stopped_by_sigterm_exits_75_and_unbounded_exits_0(
     assert bounded.summary()["ingested"] >= done
 
     unbounded = spawn(*common, "--group", f"{unique_name}_u", env=fast_commits, **servers)
-    wait_until(
-        lambda: (
-            sum(committed_offsets(kafka_bootstrap, f"{unique_name}_u", unique_name).values()) >= 2
-        ),
-        "the unbounded run's first commits",
-        alive=[unbounded],
-    )
+    wait_for_commits(kafka_bootstrap, f"{unique_name}_u", unique_name, 2, unbounded)
     unbounded.terminate()
     assert unbounded.wait() == 0, unbounded.log_tail()
 
