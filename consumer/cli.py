@@ -457,7 +457,13 @@ def promote(
     s = _settings(config_file=config, milvus_uri=milvus_uri, collection=collection)
     from consumer.sink import MilvusCollection, connect
 
-    client = connect(s.milvus_uri, s.milvus_token.get_secret_value() if s.milvus_token else None)
+    client = connect(  # every connection setting, TLS included, as the consumer uses them
+        s.milvus_uri,
+        s.milvus_token.get_secret_value() if s.milvus_token else None,
+        s.milvus_db,
+        s.milvus_timeout_s,
+        s.milvus_server_pem_path,
+    )
     if not client.has_collection(collection):
         typer.echo(f"error: collection {collection!r} does not exist", err=True)
         raise typer.Exit(EXIT_FATAL)

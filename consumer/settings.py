@@ -228,8 +228,15 @@ class Settings(BaseSettings):
     @classmethod
     def _check_triton_url(cls, value: str) -> str:
         parts = urlsplit(value if "://" in value else f"grpc://{value}")
-        if parts.scheme not in {"grpc", "http", "https"} or not parts.hostname or not parts.port:
-            raise ValueError("triton_url must look like grpc://host:port or http://host:port")
+        if (
+            parts.scheme not in {"grpc", "grpcs", "http", "https"}
+            or not parts.hostname
+            or not parts.port
+        ):
+            raise ValueError(
+                "triton_url must look like grpc://host:port, grpcs://host:port (TLS), "
+                "http://host:port or https://host:port"
+            )
         return f"{parts.scheme}://{parts.hostname}:{parts.port}"
 
     @field_validator("allowed_schemes", "allowed_buckets", mode="before")

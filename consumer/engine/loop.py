@@ -1243,7 +1243,7 @@ def tombstone_retention_s(s: Settings, configs: dict[str, dict[str, str]]) -> fl
 
 def triton_endpoint(s: Settings) -> TritonEndpoint:
     """Where Triton is; TLS file paths are handed to the client as they are."""
-    ssl = s.triton_url.startswith("https://") or bool(s.triton_ssl_root_certificates)
+    ssl = s.triton_url.startswith(("https://", "grpcs://")) or bool(s.triton_ssl_root_certificates)
     return TritonEndpoint(
         protocol=s.triton_protocol,
         address=s.triton_address,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
@@ -70,9 +71,26 @@ def _new_client(endpoint: TritonEndpoint) -> Any:
     return httpclient.InferenceServerClient(
         endpoint.address,
         ssl=endpoint.ssl,
+        ssl_context_factory=_ssl_context_factory(endpoint) if endpoint.ssl else None,
         connection_timeout=endpoint.timeout_s,
         network_timeout=endpoint.timeout_s,
     )
+
+
+def _ssl_context_factory(endpoint: TritonEndpoint) -> Callable[[], Any]:
+    """TLS for the HTTP client with the configured CA (and client certificate for mutual TLS);
+    without this the HTTP client would trust only the system's CAs, whatever the settings say.
+    Hostname verification stays on."""
+
+    def factory(**_ignored: Any) -> Any:  # geventhttpclient offers its own cafile: ours wins
+        import gevent.ssl
+
+        context = gevent.ssl.create_default_context(cafile=endpoint.root_certificates)
+        if endpoint.certificate_chain:
+            context.load_cert_chain(endpoint.certificate_chain, endpoint.private_key)
+        return context
+
+    return factory
 
 
 def _classify(exc: Exception) -> Exception:
