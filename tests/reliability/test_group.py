@@ -131,6 +131,7 @@ def group_scenario(
         wait_until(group_is(3), "three members sharing every partition", alive=[a, b, c])
         sampler.add(publish_phase(2))
         wait_until(lambda: rows() >= PHASE + 4, "ingestion after c joined", alive=[a, b, c])
+        sampler.add(publish_phase(3))  # more work for a, so it writes after its last commit
 
         def a_has_uncommitted_rows() -> bool:
             calls = a.calls()
@@ -144,7 +145,6 @@ def group_scenario(
         a_uncommitted = {m for m in a_rows if positions[m][1] >= at_kill.get(positions[m][0], 0)}
         assert a_uncommitted, "the killed member had no uncommitted rows"
 
-        sampler.add(publish_phase(3))
         wait_until(group_is(2), "the group to settle on the two survivors", alive=[b, c])
         wait_until(lambda: rows() == len(ids), "every id to reach Milvus", alive=[b, c])
         ends = end_offsets(kafka_bootstrap, topic)
@@ -206,11 +206,12 @@ def test_two_then_three_consumers_one_killed_nothing_missing(
     unique_name: str,
 ) -> None:
     """Pass: two consumers share the stream, a third joins (3 members, all partitions
-    assigned), one of the three is killed with SIGKILL right after it wrote rows it had not
-    committed, and the group settles on two members; a sampler reading the committed offsets
-    every 0.1 s never saw an offset whose message was not in Milvus; every write sent was an
-    upsert; mid-stream revokes gave up only the moved partitions; each member sent each id at
-    most once, and an id was sent by two members only when the killed one had left it
+    assigned), more is published, one of the three is killed with SIGKILL right after it
+    wrote rows it had not committed, and the group settles on two members; a sampler reading
+    the committed offsets every 0.1 s never saw an offset whose message was not in Milvus;
+    every write sent was an upsert; mid-stream revokes gave up only the moved partitions,
+    each followed by a commit of what the member had written on them; each member sent each
+    id at most once, and an id was sent by two members only when the killed one had left it
     uncommitted; the survivors' summaries add up to the ids they sent and account, once each,
     for every message the killed member had not committed; every id is in Milvus once and the
     group is committed to the end."""
