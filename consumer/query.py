@@ -334,6 +334,8 @@ def write_contact_sheet(
             ), None
         except FetchError as exc:
             return None, f"not fetched: {one_line(exc, 160)}"
+        except Exception as exc:  # a drawing never fails for one neighbour
+            return None, f"not fetched: {type(exc).__name__}"
 
     try:
         with ThreadPoolExecutor(max_workers=min(8, max(1, len(uris)))) as pool:
