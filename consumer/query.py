@@ -229,11 +229,15 @@ class Searcher:
         try:
             self.client.query(self.name, filter=expr, output_fields=["id"], limit=1)
         except Exception as exc:
-            raise QueryError(
-                f"invalid --filter {expr!r}: {_milvus_message(exc)}; a filter is a Milvus "
-                f"boolean expression over {', '.join(self.fields)} (e.g. "
-                "'metadata[\"source\"] == \"camera\"' or 'ingested_at > 0')"
-            ) from exc
+            said = _milvus_message(exc)
+            hint = ""
+            if "available fields" not in said:
+                stored = ", ".join(f for f in self.fields if f not in _HIDDEN_FIELDS)
+                hint = (
+                    f"; a filter is a Milvus boolean expression over {stored} "
+                    """(e.g. 'metadata["source"] == "camera"' or 'ingested_at > 0')"""
+                )
+            raise QueryError(f"invalid --filter {expr!r}: {said}{hint}") from exc
 
     # --- embedding -----------------------------------------------------------------------
     def embed(self, queries: Sequence[Query]) -> None:
