@@ -272,6 +272,14 @@ def _mutant_no_download_cap() -> None:
     os.environ["IMAGE_EMBEDDER_MAX_DOWNLOAD_BYTES"] = str(2**31)
 
 
+def _mutant_no_rows_cap() -> None:
+    """No cap on rows in flight: whatever ``--max-rows-in-flight`` says, a million."""
+    os.environ["IMAGE_EMBEDDER_MAX_ROWS_IN_FLIGHT"] = "1000000"
+    for i, arg in enumerate(sys.argv[:-1]):
+        if arg == "--max-rows-in-flight":
+            sys.argv[i + 1] = "1000000"
+
+
 def _mutant_revoke_no_commit() -> None:
     """Revoked partitions are dropped without the synchronous commit (see RecordingConsumer)."""
 
@@ -287,6 +295,7 @@ MUTANTS: dict[str, Callable[[], None]] = {
     "no_download_cap": _mutant_no_download_cap,
     "revoke_no_commit": _mutant_revoke_no_commit,
     "dlq_ack_on_produce": _mutant_dlq_ack_on_produce,
+    "no_rows_cap": _mutant_no_rows_cap,
 }
 
 
