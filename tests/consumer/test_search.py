@@ -383,3 +383,13 @@ def _cell(pixels: np.ndarray, row: int, column: int) -> np.ndarray:
     top = gap + row * (thumb + contactsheet.LABEL_LINES * contactsheet.LINE_PX + gap)
     left = gap + column * (thumb + gap)
     return pixels[top : top + thumb, left : left + thumb]
+
+
+@pytest.mark.integration
+def test_an_unreadable_image_is_reported_and_the_others_are_searched(indexed: Indexed) -> None:
+    good = str(indexed.photos / "camera.jpg")
+    proc = _search(indexed, "--top-k", "1", str(indexed.photos / "missing.jpg"), good)
+    assert proc.returncode == 1
+    assert "missing.jpg" in _one_error_line(proc)
+    lines = _lines(proc.stdout)
+    assert [(line["query"], line["id"]) for line in lines] == [(good, "camera")]
