@@ -9,6 +9,7 @@ never show up in a repr, a log line or a metric.
 from __future__ import annotations
 
 import json
+import os
 import re
 import tomllib
 from datetime import UTC, datetime
@@ -200,7 +201,8 @@ class Settings(BaseSettings):
     #: Compiled batch shapes of the JAX step; a micro-batch runs in chunks of the largest.
     #: Small chunks measured about 35% cheaper per image than 8-32 on one CPU core.
     preprocess_buckets: tuple[int, ...] = (1, 2, 4)
-    compilation_cache_dir: Path | None = Path(".cache/jax")
+    #: the user's cache (``$XDG_CACHE_HOME/image-embedder/jax``), whatever the working directory
+    compilation_cache_dir: Path | None = Field(default_factory=lambda: _user_cache_dir() / "jax")
 
     # --- operations -------------------------------------------------------------------------
     metrics_port: int | None = Field(default=9108, ge=0, le=65535)
@@ -346,6 +348,11 @@ def _reveal(value: SecretStr | None) -> str | None:
 
 # --- --from parsing -------------------------------------------------------------------------
 StartPosition = Literal["earliest", "latest"] | datetime | dict[int, int]
+
+
+def _user_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "image-embedder"
 
 
 def parse_start(value: str) -> StartPosition:
