@@ -70,7 +70,7 @@ class _Handler(BaseHTTPRequestHandler):
         proxy = self.server.proxy
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
-        fault = proxy._take_fault(self.command, self.path)
+        fault = proxy.take_fault(self.command, self.path)
         if fault is not None and fault.kind in ("slowdown", "status"):
             payload = s3_error_body(fault.code, "injected by the fault proxy")
             self.send_response(fault.status)
@@ -107,7 +107,7 @@ class _Handler(BaseHTTPRequestHandler):
                 self.close_connection = True
                 step = max(1, fault.chunk_bytes)
                 for start in range(0, len(data), step):
-                    if proxy._stop.wait(fault.delay_s):
+                    if proxy.stopping.wait(fault.delay_s):
                         return
                     self.wfile.write(data[start : start + step])
                     self.wfile.flush()
@@ -137,7 +137,7 @@ class HttpFaultProxy:
         self.target_port = target_port
         self._faults: list[Fault] = []
         self._lock = threading.Lock()
-        self._stop = threading.Event()
+        self.stopping = threading.Event()  # set by stop(): slow bodies end at once
         #: ``(method, raw request target)`` of every request received, in order.
         self.requests: list[tuple[str, str]] = []
         self._server = _Server(("127.0.0.1", listen_port), _Handler)
@@ -156,7 +156,7 @@ class HttpFaultProxy:
         return self
 
     def stop(self) -> None:
-        self._stop.set()
+        self.stopping.set()
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(10)
@@ -175,7 +175,7 @@ class HttpFaultProxy:
             self._faults.clear()
             self.requests.clear()
 
-    def _take_fault(self, method: str, path: str) -> Fault | None:
+    def take_fault(self, method: str, path: str) -> Fault | None:
         with self._lock:
             self.requests.append((method, path))
             for fault in self._faults:
