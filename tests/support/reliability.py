@@ -662,8 +662,8 @@ class CommitSampler:
                 if msg_id is None or not self._dead_lettered(part, off):
                     self.violations.append(CommitViolation(self.samples, part, off, msg_id))
 
-    def _run(self) -> None:
-        reader = Consumer(
+    def _reader(self) -> Consumer:
+        return Consumer(
             {
                 "bootstrap.servers": self.bootstrap,
                 "group.id": self.group,
@@ -671,6 +671,9 @@ class CommitSampler:
                 "log_level": 0,  # a broker stopped on purpose is not news
             }
         )
+
+    def _run(self) -> None:
+        reader = self._reader()
         try:
             while not self._stop.is_set():
                 try:
@@ -686,8 +689,16 @@ class CommitSampler:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        """Stop sampling, then take one last sample: the end state is always checked."""
         self._stop.set()
         self._thread.join(30)
+        reader = self._reader()
+        try:
+            self.sample_once(reader)
+        except Exception as err:
+            self.errors.append(repr(err))
+        finally:
+            reader.close()
 
     def check(self, *, min_committed: int = 1) -> None:
         """No violation; enough samples; at least ``min_committed`` offsets seen committed."""
