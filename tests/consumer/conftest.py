@@ -16,6 +16,8 @@ import orjson
 import pytest
 from PIL import Image
 
+from tests.support.mutant_consumer import ENV_CALLS
+
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "camera", "coins", "immunohistochemistry")
 
 
@@ -77,6 +79,16 @@ class ConsumerRun:
     stdout: str
     stderr: str
     summary: dict[str, Any] | None
+    #: what the run sent and committed, as the test launcher recorded it (one dict a call)
+    calls: list[dict[str, Any]]
+
+    def milvus_writes(self, collection: str) -> list[dict[str, Any]]:
+        """The acknowledged Milvus writes of ``collection`` (upsert, insert, delete)."""
+        return [
+            c
+            for c in self.calls
+            if c.get("op") in ("upsert", "insert", "delete") and c.get("collection") == collection
+        ]
 
 
 @pytest.fixture
@@ -86,19 +98,22 @@ def run_consumer(
     """Run ``python -m consumer run ARGS --until-end`` against the session servers."""
 
     def run(*args: str, env: dict[str, str] | None = None, timeout_s: float = 300) -> ConsumerRun:
-        summary = tmp_path / f"summary-{len(list(tmp_path.glob('summary-*')))}.json"
+        index = len(list(tmp_path.glob("summary-*")))
+        summary = tmp_path / f"summary-{index}.json"
+        calls = tmp_path / f"calls-{index}.jsonl"
         full_env = {
             **os.environ,
             "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
             "MILVUS_URI": milvus_uri,
             "TRITON_URL": triton_grpc_url,
             "IMAGE_EMBEDDER_LOG_FORMAT": "json",
+            ENV_CALLS: str(calls),  # the launcher records what is sent to Milvus
             **(env or {}),
         }
         cmd = [
             sys.executable,
             "-m",
-            "consumer",
+            "tests.support.mutant_consumer",
             "run",
             "--no-metrics",
             "--summary-json",
@@ -109,6 +124,11 @@ def run_consumer(
             cmd, env=full_env, capture_output=True, text=True, timeout=timeout_s, check=False
         )
         data = orjson.loads(summary.read_bytes()) if summary.exists() else None
-        return ConsumerRun(proc.returncode, proc.stdout, proc.stderr, data)
+        sent = (
+            [orjson.loads(line) for line in calls.read_bytes().splitlines()]
+            if calls.exists()
+            else []
+        )
+        return ConsumerRun(proc.returncode, proc.stdout, proc.stderr, data, sent)
 
     return run

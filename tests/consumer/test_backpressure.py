@@ -59,6 +59,7 @@ def slow_milvus_scenario(
     ).start()
     peak_before = peak_after = 0
     max_paused = max_in_flight = 0.0
+    last = ""
     try:
         watched = psutil.Process(proc.pid)
         delayed = False
@@ -79,6 +80,7 @@ def slow_milvus_scenario(
             if not delayed and "image_embedder_build_info{" in text:
                 proxy.set_delay(0.3)  # the collection exists; now slow every write
                 delayed = True
+            last = text
             max_paused = max(max_paused, metric(text, "image_embedder_paused_partitions"))
             max_in_flight = max(max_in_flight, metric(text, "image_embedder_rows_in_flight"))
             time.sleep(0.2)
@@ -90,6 +92,11 @@ def slow_milvus_scenario(
         proc.assert_mutant_applied()
     assert 0 < max_in_flight <= MAX_ROWS_IN_FLIGHT + BATCH, f"ROWS IN FLIGHT: {max_in_flight}"
     assert max_paused > 0, "partitions were never paused"
+    # the pause comes from the slow Milvus: its writes took the proxy's delay (0.3 s each way),
+    # and inference, the other stage that could hold rows back, was far quicker
+    write_s = _mean_stage_seconds(last, "write")
+    infer_s = _mean_stage_seconds(last, "infer")
+    assert write_s >= 0.5 and infer_s < write_s / 2, f"NOT MILVUS: write {write_s} infer {infer_s}"
     assert peak_before > 0 and peak_after > 0, (peak_before, peak_after)
     assert peak_after <= peak_before + RSS_GROWTH_BOUND_BYTES, (peak_before, peak_after)
     rows = rows_by_id(milvus_uri, topic, ["id", "uri", "embedding"])
@@ -98,6 +105,13 @@ def slow_milvus_scenario(
         assert row["uri"] == image, row["id"]
         assert abs(float(np.linalg.norm(row["embedding"])) - 1.0) < 1e-3, row["id"]
     assert committed_offsets(kafka_bootstrap, topic, topic) == end_offsets(kafka_bootstrap, topic)
+
+
+def _mean_stage_seconds(text: str, stage: str) -> float:
+    name = "image_embedder_stage_duration_seconds"
+    count = metric(text, f"{name}_count", f'stage="{stage}"')
+    assert count > 0, f"no {stage} stage observed"
+    return metric(text, f"{name}_sum", f'stage="{stage}"') / count
 
 
 def test_slow_milvus_pauses_partitions_and_loses_nothing(

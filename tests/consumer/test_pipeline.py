@@ -51,10 +51,16 @@ def test_every_message_lands_once_and_a_rerun_ingests_nothing(
     assert committed_offsets(kafka_bootstrap, unique_name, unique_name) == end_offsets(
         kafka_bootstrap, unique_name
     )
+    # Milvus Lite replaces a row on a duplicate-key insert, so counting rows cannot show that no
+    # id was written twice: what was sent must be upserts, one per message
+    writes = first.milvus_writes(unique_name)
+    assert {w["op"] for w in writes} == {"upsert"}, writes[:3]
+    assert sorted(i for w in writes for i in w["ids"]) == sorted(m["id"] for m in messages)
     again = run_consumer(*args)
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.summary is not None
     assert again.summary["ingested"] == 0
+    assert again.milvus_writes(unique_name) == []
     assert count_rows(milvus_uri, unique_name) == len(messages)
 
 

@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 
-from devstack import MilvusServer
+from devstack import MilvusServer, TritonServer
 from tests.reliability.test_burst import _ingest
 from tests.reliability.test_crash import crash_scenario
 from tests.reliability.test_group import group_scenario
-from tests.reliability.test_outages import milvus_outage_scenario
+from tests.reliability.test_outages import milvus_outage_scenario, triton_outage_scenario
 from tests.reliability.test_poison import huge_body_scenario
 from tests.reliability.test_replay import replay_scenario
 from tests.reliability.test_shutdown import stop_scenario
@@ -189,4 +189,26 @@ def test_revoke_without_its_commit_is_caught_by_the_group_test(
         photos=photos,
         topic=unique_name,
         **servers,
+    )
+
+
+@pytest.mark.slow
+def test_inference_retries_without_backoff_are_caught_by_the_triton_outage_test(
+    kafka_bootstrap: str,
+    milvus_uri: str,
+    start_triton: Callable[..., TritonServer],
+    photos: list[Path],
+    tracked: Tracked,
+    unique_name: str,
+) -> None:
+    assert_caught(
+        "no_triton_backoff",
+        "NO BACKOFF",
+        triton_outage_scenario,
+        tracked,
+        kafka_bootstrap=kafka_bootstrap,
+        milvus_uri=milvus_uri,
+        start_triton=start_triton,
+        photos=photos,
+        topic=unique_name,
     )

@@ -284,6 +284,15 @@ def _mutant_revoke_no_commit() -> None:
     """Revoked partitions are dropped without the synchronous commit (see RecordingConsumer)."""
 
 
+def _mutant_no_triton_backoff() -> None:
+    """Inference retries without waiting: every backoff delay of the engine is 0."""
+    from types import SimpleNamespace
+
+    from consumer.engine import loop
+
+    loop.random = SimpleNamespace(uniform=lambda low, high: 0.0)  # type: ignore[assignment]
+
+
 MUTANTS: dict[str, Callable[[], None]] = {
     "insert": _mutant_insert,
     "double_write": _mutant_double_write,
@@ -296,6 +305,7 @@ MUTANTS: dict[str, Callable[[], None]] = {
     "revoke_no_commit": _mutant_revoke_no_commit,
     "dlq_ack_on_produce": _mutant_dlq_ack_on_produce,
     "no_rows_cap": _mutant_no_rows_cap,
+    "no_triton_backoff": _mutant_no_triton_backoff,
 }
 
 
