@@ -294,7 +294,9 @@ class Engine:
         )
         self.metrics.set_build_info(model=self._spec.name, model_version=self._spec.version)
         self._preprocessor = make_preprocessor(s)
-        self._fetcher = Fetcher(fetch_policy(s))
+        self._fetcher = Fetcher(
+            fetch_policy(s), on_retry=lambda: self.metrics.record_retry(RetryOperation.FETCH)
+        )
         self._io_pool = DaemonPool(
             s.io_threads, name="io", initializer=lower_thread_priority, initargs=(s.io_nice,)
         )

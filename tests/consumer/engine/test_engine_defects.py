@@ -26,7 +26,14 @@ from tests.consumer.conftest import photo_messages
 from tests.consumer.engine.conftest import wait_for_commits
 from tests.support.kafka import committed_offsets, create_topic, end_offsets
 from tests.support.milvus import rows_by_id
-from tests.support.reliability import ConsumerProcess, consumer_env, wait_until
+from tests.support.reliability import (
+    ConsumerProcess,
+    LocalHttpServer,
+    consumer_env,
+    send_bytes,
+    send_status,
+    wait_until,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -347,3 +354,48 @@ def test_a_missing_dead_letter_topic_on_a_cluster_that_does_not_create_topics_fa
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert f"dead-letter topic '{unique_name}.dlq' does not exist" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_fetch_retries_are_counted_in_the_retry_metric(
+    kafka_bootstrap: str,
+    milvus_uri: str,
+    triton_grpc_url: str,
+    photo_dir: Path,
+    spawn: Callable[..., ConsumerProcess],
+    unique_name: str,
+) -> None:
+    """An image server that answers 503 twice, then the image: the row is written and the two
+    retries show as ``retries_total{operation="fetch"}`` (before: fetch retries were counted
+    nowhere)."""
+    data = (photo_dir / "coffee.jpg").read_bytes()
+    answers = [send_status(503), send_status(503)]
+
+    def flaky(handler: Any) -> None:
+        (answers.pop(0) if answers else send_bytes(data))(handler)
+
+    server = LocalHttpServer({"/coffee.jpg": flaky}).start()
+    try:
+        create_topic(kafka_bootstrap, unique_name, partitions=1)
+        _produce(
+            kafka_bootstrap,
+            unique_name,
+            [({"id": "c", "uri": server.url("/coffee.jpg")}, int(time.time() * 1000))],
+        )
+        proc = spawn(
+            "--topic", unique_name, "--group", unique_name, "--collection", unique_name,
+            "--allowed-network", "127.0.0.0/8",
+            kafka=kafka_bootstrap, milvus=milvus_uri, triton=triton_grpc_url,
+            metrics_port=free_port(), env={"IMAGE_EMBEDDER_FETCH_RETRIES": "3"},
+        )  # fmt: skip
+
+        def fetch_retries() -> float:
+            text = proc.scrape()
+            match = re.search(r'image_embedder_retries_total\{operation="fetch"\} (\S+)', text)
+            return float(match.group(1)) if match else 0.0
+
+        wait_until(lambda: "c" in rows_by_id(milvus_uri, unique_name), "the row", alive=[proc])
+        assert fetch_retries() == 2
+        proc.terminate()
+        assert proc.wait() == 0, proc.log_tail()
+    finally:
+        server.stop()
