@@ -14,11 +14,15 @@ from typing import Any
 
 import pytest
 
-from devstack import MilvusServer, TritonServer
+from devstack import KafkaServer, MilvusServer, TritonServer
 from tests.reliability.test_burst import _ingest
 from tests.reliability.test_crash import crash_scenario
 from tests.reliability.test_group import group_scenario
-from tests.reliability.test_outages import milvus_outage_scenario, triton_outage_scenario
+from tests.reliability.test_outages import (
+    broker_outage_scenario,
+    milvus_outage_scenario,
+    triton_outage_scenario,
+)
 from tests.reliability.test_poison import huge_body_scenario
 from tests.reliability.test_replay import replay_scenario
 from tests.reliability.test_shutdown import stop_scenario
@@ -209,6 +213,28 @@ def test_inference_retries_without_backoff_are_caught_by_the_triton_outage_test(
         kafka_bootstrap=kafka_bootstrap,
         milvus_uri=milvus_uri,
         start_triton=start_triton,
+        photos=photos,
+        topic=unique_name,
+    )
+
+
+@pytest.mark.slow
+def test_committing_what_was_polled_is_caught_by_the_broker_outage_test(
+    start_kafka: Callable[..., KafkaServer],
+    milvus_uri: str,
+    triton_url: str,
+    photos: list[Path],
+    tracked: Tracked,
+    unique_name: str,
+) -> None:
+    assert_caught(
+        "commit_ahead",
+        "COMMITTED BEFORE DURABLE",
+        broker_outage_scenario,
+        tracked,
+        start_kafka=start_kafka,
+        milvus_uri=milvus_uri,
+        triton_url=triton_url,
         photos=photos,
         topic=unique_name,
     )

@@ -155,6 +155,27 @@ def test_broker_stopped_and_restarted_consumer_recovers_by_itself(
     spawn: Callable[..., ConsumerProcess],
     unique_name: str,
 ) -> None:
+    """See :func:`broker_outage_scenario`."""
+    broker_outage_scenario(
+        start_kafka=start_kafka,
+        milvus_uri=milvus_uri,
+        triton_url=triton_url,
+        photos=photos,
+        spawn=spawn,
+        topic=unique_name,
+    )
+
+
+def broker_outage_scenario(
+    *,
+    start_kafka: Callable[..., KafkaServer],
+    milvus_uri: str,
+    triton_url: str,
+    photos: list[Path],
+    spawn: Callable[..., ConsumerProcess],
+    topic: str,
+    mutant: str | None = None,
+) -> None:
     """Pass, with the test's own broker stopped mid-stream and started again on the same data
     folder and ports: the consumer process survives the outage untouched by the test, then by
     itself ingests the rest and what is published after the restart; every id is in Milvus
@@ -162,10 +183,9 @@ def test_broker_stopped_and_restarted_consumer_recovers_by_itself(
     broker stopped mid-stream (fewer rows than messages at the stop); the partitions were lost
     and assigned again across the restart (the consumer's rebalance callbacks); a sampler
     reading the committed offsets every 0.1 s never saw one whose message was not in Milvus;
-    only upserts were sent."""
+    only upserts were sent. (``commit_ahead`` in test_mutants.py fails the sampler.)"""
     kafka = start_kafka()
     bootstrap = kafka.bootstrap_servers
-    topic = unique_name
     create_topic(bootstrap, topic, partitions=PARTITIONS)
     ids, records = _records("k", 16, photos)
     positions = dict(zip(ids, publish(bootstrap, topic, records), strict=True))
@@ -174,7 +194,7 @@ def test_broker_stopped_and_restarted_consumer_recovers_by_itself(
         proc = spawn(
             "--topic", topic, "--group", topic, "--collection", topic,
             "--file-root", str(photos[0].parent), "--batch-size", "2", "--max-rate", "4",
-            kafka=bootstrap, milvus=milvus_uri, triton=triton_url,
+            kafka=bootstrap, milvus=milvus_uri, triton=triton_url, mutant=mutant,
         )  # fmt: skip
         wait_until(lambda: count_rows(milvus_uri, topic) >= 4, "first rows", alive=[proc])
 
@@ -198,6 +218,8 @@ def test_broker_stopped_and_restarted_consumer_recovers_by_itself(
         proc.terminate()
         assert proc.wait() == 0, proc.log_tail()
     durable.close()
+    if mutant:
+        proc.assert_mutant_applied()
     sampler.check(min_committed=len(ids))
     assert at_stop < 16, "the broker stopped after every message was processed"
     events = [c["op"] for c in proc.calls() if c["op"] in ("assign", "revoke", "lost")]
