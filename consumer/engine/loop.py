@@ -271,7 +271,10 @@ class Engine:
     def setup(self) -> None:
         """Connect, validate the model and the collection, warm the JAX buckets. Main thread."""
         s = self.settings
-        check_dead_letter_topic(s)  # before the slow start-up work: fail fast
+        from confluent_kafka.admin import AdminClient
+
+        admin = AdminClient(s.kafka_common())  # one admin client for the start-up checks
+        check_dead_letter_topic(admin, s)  # before the slow start-up work: fail fast
         endpoint = triton_endpoint(s)
         self._spec = wait_for_model_spec(endpoint, s, self._stop)
         self._triton = TritonInference(endpoint, self._spec)
@@ -301,7 +304,7 @@ class Engine:
             s.io_threads, name="io", initializer=lower_thread_priority, initargs=(s.io_nice,)
         )
         self._infer_pool = DaemonPool(s.infer_threads, name="infer")
-        configs = topic_configs(s, [s.topic or "", s.dead_letter_topic])
+        configs = topic_configs(admin, [s.topic or "", s.dead_letter_topic])
         tombstones = Tombstones(self._milvus, self.collection_name)
         tombstones.ensure()
         self._writer = MilvusWriter(
@@ -1160,12 +1163,11 @@ KAFKA_DEFAULT_MAX_MESSAGE_BYTES = 1_048_588
 DEAD_LETTER_HEADROOM_BYTES = 64 * 1024
 
 
-def topic_configs(s: Settings, topics: list[str]) -> dict[str, dict[str, str]]:
+def topic_configs(admin: Any, topics: list[str]) -> dict[str, dict[str, str]]:
     """Per topic, its configuration as the broker reports it (empty where it cannot be read:
     a missing topic, or no DescribeConfigs permission)."""
-    from confluent_kafka.admin import AdminClient, ConfigResource
+    from confluent_kafka.admin import ConfigResource
 
-    admin = AdminClient(s.kafka_common())
     resources = {t: ConfigResource(ConfigResource.Type.TOPIC, t) for t in topics}
     found: dict[str, dict[str, str]] = {t: {} for t in topics}
     futures = admin.describe_configs(list(resources.values()), request_timeout=10)
@@ -1179,13 +1181,12 @@ def topic_configs(s: Settings, topics: list[str]) -> dict[str, dict[str, str]]:
     return found
 
 
-def check_dead_letter_topic(s: Settings) -> None:
+def check_dead_letter_topic(admin: Any, s: Settings) -> None:
     """Fail at start-up when the dead-letter topic is missing and the cluster will not create it:
     otherwise the first poison message would be retried until the refused-timeout, with that
     partition's commits held back all the while."""
-    from confluent_kafka.admin import AdminClient, ConfigResource
+    from confluent_kafka.admin import ConfigResource
 
-    admin = AdminClient(s.kafka_common())
     topic = s.dead_letter_topic
     try:
         meta = admin.list_topics(topic, timeout=15)
