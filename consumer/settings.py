@@ -118,6 +118,10 @@ class Settings(BaseSettings):
     )
     until_end: bool = False
     until: datetime | None = None
+    backfill_worker: bool = Field(
+        default=False,
+        description="a worker of a planned backfill (backfill run): bounded by the group's plan",
+    )
     max_rate: float | None = Field(default=None, gt=0, description="messages per second")
 
     # --- Triton -----------------------------------------------------------------------------

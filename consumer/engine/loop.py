@@ -45,6 +45,7 @@ from confluent_kafka import (
     TopicPartition,
 )
 
+from consumer import preflight
 from consumer.engine import plan as backfill_plan
 from consumer.engine.crash import crash_point
 from consumer.engine.exceptions import EngineFatalError
@@ -252,7 +253,7 @@ class Engine:
         self._first_message_at: float | None = None
         self._sigint_count = 0
         self._start_spec = parse_start(settings.start_from) if settings.start_from else None
-        self._bounded = settings.until_end or settings.until is not None
+        self._bounded = backfill_plan.bounded(settings)
         self._limiter = _RateLimiter(settings.max_rate, settings.batch_size)
         self._consumer: Consumer | None = None
         self._plan: Plan | None = None
@@ -274,7 +275,7 @@ class Engine:
         from confluent_kafka.admin import AdminClient
 
         admin = AdminClient(s.kafka_common())  # one admin client for the start-up checks
-        check_dead_letter_topic(admin, s)  # before the slow start-up work: fail fast
+        preflight.check_kafka(admin, s)  # before the slow start-up work: fail fast
         endpoint = triton_endpoint(s)
         self._spec = wait_for_model_spec(endpoint, s, self._stop)
         self._triton = TritonInference(endpoint, self._spec)
@@ -304,7 +305,7 @@ class Engine:
             s.io_threads, name="io", initializer=lower_thread_priority, initargs=(s.io_nice,)
         )
         self._infer_pool = DaemonPool(s.infer_threads, name="infer")
-        configs = topic_configs(admin, [s.topic or "", s.dead_letter_topic])
+        configs = preflight.topic_configs(admin, [s.topic or "", s.dead_letter_topic])
         tombstones = Tombstones(self._milvus, self.collection_name)
         tombstones.ensure()
         self._writer = MilvusWriter(
@@ -353,7 +354,7 @@ class Engine:
             "stats_cb": self.metrics.update_from_librdkafka_stats,
         }
         self._consumer = Consumer(conf)
-        if self._bounded and self._start_spec is not None:  # a backfill: made once, resumed
+        if backfill_plan.applies(self.settings):  # a backfill: made once, resumed
             self._plan = self._prepare_plan(self._consumer)
         self._consumer.subscribe(
             [s.topic], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
@@ -1161,61 +1162,6 @@ class Engine:
 KAFKA_DEFAULT_MAX_MESSAGE_BYTES = 1_048_588
 #: Room for the dead-letter headers (reason, stage, source, version) on top of the record.
 DEAD_LETTER_HEADROOM_BYTES = 64 * 1024
-
-
-def topic_configs(admin: Any, topics: list[str]) -> dict[str, dict[str, str]]:
-    """Per topic, its configuration as the broker reports it (empty where it cannot be read:
-    a missing topic, or no DescribeConfigs permission)."""
-    from confluent_kafka.admin import ConfigResource
-
-    resources = {t: ConfigResource(ConfigResource.Type.TOPIC, t) for t in topics}
-    found: dict[str, dict[str, str]] = {t: {} for t in topics}
-    futures = admin.describe_configs(list(resources.values()), request_timeout=10)
-    for topic, resource in resources.items():
-        try:
-            entries = futures[resource].result(10)
-        except (KafkaException, TimeoutError) as exc:
-            log.info("topic configuration unknown", topic=topic, error=str(exc))
-            continue
-        found[topic] = {k: e.value for k, e in entries.items() if e.value is not None}
-    return found
-
-
-def check_dead_letter_topic(admin: Any, s: Settings) -> None:
-    """Fail at start-up when the dead-letter topic is missing and the cluster will not create it:
-    otherwise the first poison message would be retried until the refused-timeout, with that
-    partition's commits held back all the while."""
-    from confluent_kafka.admin import ConfigResource
-
-    topic = s.dead_letter_topic
-    try:
-        meta = admin.list_topics(topic, timeout=15)
-    except KafkaException as exc:  # not up yet: the consumer waits for it as usual
-        log.warning("cannot check the dead-letter topic yet", dlq_topic=topic, error=str(exc))
-        return
-    found = meta.topics.get(topic)
-    if found is not None and found.error is None:
-        return
-    broker = next(iter(meta.brokers), None)
-    auto_create = None
-    if broker is not None:
-        resource = ConfigResource(ConfigResource.Type.BROKER, str(broker))
-        try:
-            configs = admin.describe_configs([resource], request_timeout=10)[resource].result(10)
-            entry = configs.get("auto.create.topics.enable")
-            auto_create = None if entry is None else entry.value == "true"
-        except (KafkaException, TimeoutError) as exc:
-            log.info("cannot tell whether the cluster creates topics", error=str(exc))
-    if auto_create is False:
-        raise EngineFatalError(
-            f"the dead-letter topic {topic!r} does not exist and the cluster does not create "
-            f"topics: create it (python -m producer create-topic {s.topic}) or name another "
-            "with --dlq-topic"
-        )
-    log.warning(
-        "the dead-letter topic does not exist yet; the first dead letter creates it",
-        dlq_topic=topic,
-    )
 
 
 def dead_letter_max_bytes(configs: dict[str, str]) -> int:

@@ -64,6 +64,15 @@ class Plan:
     plan_id: str
     ends: dict[int, int]
     starts: dict[int, int]
+    #: The backfill's total rate (messages/s over all workers), or None for no limit.
+    max_rate: float | None = None
+
+    def rate_share(self, assigned: int) -> float | None:
+        """This worker's share of ``max_rate`` when it holds ``assigned`` of the plan's
+        partitions: N workers together never exceed the plan's total."""
+        if self.max_rate is None or not self.ends:
+            return None
+        return self.max_rate * max(0, assigned) / len(self.ends)
 
     def metadata(self, partition: int) -> str | None:
         end = self.ends.get(partition)
@@ -93,6 +102,17 @@ def decode(metadata: str | None) -> tuple[str, int] | None:
     if isinstance(plan_id, str) and isinstance(end, int):
         return plan_id, end
     return None
+
+
+def bounded(s: Settings) -> bool:
+    """Whether a run with these settings ends by itself (an end bound, or a backfill worker)."""
+    return s.until_end or s.until is not None or s.backfill_worker
+
+
+def applies(s: Settings) -> bool:
+    """Whether a run with these settings has a plan: a bounded replay (``--from`` with an end)
+    or a worker of a planned backfill."""
+    return s.backfill_worker or (bounded(s) and s.start_from is not None)
 
 
 def prepare(consumer: Any, s: Settings, now: datetime | None = None) -> tuple[Plan, bool]:

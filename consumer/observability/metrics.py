@@ -158,6 +158,11 @@ class Metrics:
             ["operation"],
             registry=r,
         )
+        self.backfill_remaining_messages = Gauge(
+            f"{PREFIX}_backfill_remaining_messages",
+            "Messages of the group's backfill plan not yet committed, over all its partitions.",
+            registry=r,
+        )
         self.build_info = Gauge(
             f"{PREFIX}_build_info",
             "Always 1; labels name the running version and model.",
@@ -238,6 +243,10 @@ class Metrics:
         self.uncommitted_messages.labels(topic=topic, partition=str(partition)).set(
             max(0, messages)
         )
+
+    def set_backfill_remaining(self, messages: int) -> None:
+        """Messages between the group's commits and the ends of its backfill plan."""
+        self.backfill_remaining_messages.set(max(0, messages))
 
     def forget_partition(self, topic: str, partition: int) -> None:
         """Drop the per-partition series of a revoked partition, so no stale value remains."""
