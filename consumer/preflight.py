@@ -23,7 +23,7 @@ def check_kafka(admin: Any, s: Settings) -> None:
 def topic_configs(admin: Any, topics: list[str]) -> dict[str, dict[str, str]]:
     """Per topic, its configuration as the broker reports it (empty where it cannot be read:
     a missing topic, or no DescribeConfigs permission)."""
-    from confluent_kafka.admin import ConfigResource
+    from confluent_kafka.admin import ConfigResource  # type: ignore[attr-defined]  # no __all__
 
     resources = {t: ConfigResource(ConfigResource.Type.TOPIC, t) for t in topics}
     found: dict[str, dict[str, str]] = {t: {} for t in topics}
@@ -42,7 +42,7 @@ def check_dead_letter_topic(admin: Any, s: Settings) -> None:
     """Fail at start-up when the dead-letter topic is missing and the cluster will not create it:
     otherwise the first poison message would be retried until the refused-timeout, with that
     partition's commits held back all the while."""
-    from confluent_kafka.admin import ConfigResource
+    from confluent_kafka.admin import ConfigResource  # type: ignore[attr-defined]  # no __all__
 
     topic = s.dead_letter_topic
     try:

@@ -8,11 +8,14 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from consumer.settings import Settings
+
+if TYPE_CHECKING:  # imported lazily at run time: a search starts faster
+    from consumer.fetch import Fetcher
 
 
 class QueryError(RuntimeError):
@@ -69,7 +72,7 @@ def _milvus_message(exc: BaseException) -> str:
     return one_line(exc)
 
 
-def _read_image_bytes(s: Settings, image: str, fetcher: Any = None) -> bytes:
+def _read_image_bytes(s: Settings, image: str, fetcher: Fetcher | None = None) -> bytes:
     """A local path (given by the operator) is read as is; a URI goes through the fetch guard."""
     if "://" not in image or image.startswith("file://"):
         path = Path(image.removeprefix("file://"))
@@ -79,19 +82,17 @@ def _read_image_bytes(s: Settings, image: str, fetcher: Any = None) -> bytes:
             raise QueryError(f"cannot read {path}: {exc.strerror}") from exc
     from consumer.fetch import FetchError
 
-    own = fetcher is None
-    if own:
-        fetcher = make_fetcher(s)
+    active = fetcher if fetcher is not None else make_fetcher(s)
     try:
-        return fetcher.fetch(image)
+        return active.fetch(image)
     except FetchError as exc:
         raise QueryError(str(exc)) from exc
     finally:
-        if own:
-            fetcher.close()
+        if fetcher is None:
+            active.close()
 
 
-def make_fetcher(s: Settings) -> Any:
+def make_fetcher(s: Settings) -> Fetcher:
     """A fetcher under the ingestion's fetch policy (SSRF guard, size and pixel limits)."""
     from consumer.engine.loop import fetch_policy
     from consumer.fetch import Fetcher
@@ -108,6 +109,18 @@ class Query:
     vector: np.ndarray | None = None
     error: str | None = None
     hits: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _pixels(query: Query) -> np.ndarray:
+    """The decoded pixels of a query that has them (the callers keep only those)."""
+    assert query.pixels is not None
+    return query.pixels
+
+
+def _vector(query: Query) -> np.ndarray:
+    """The vector of an embedded query (the callers keep only those)."""
+    assert query.vector is not None
+    return query.vector
 
 
 def load_queries(s: Settings, images: Sequence[str]) -> list[Query]:
@@ -264,7 +277,7 @@ class Searcher:
         try:
             for start in range(0, len(todo), bucket):
                 chunk = todo[start : start + bucket]
-                tensor = pre([fit_to_canvas(q.pixels, s.canvas_px) for q in chunk])
+                tensor = pre([fit_to_canvas(_pixels(q), s.canvas_px) for q in chunk])
                 try:
                     vectors = triton.infer(tensor)
                 except (InferenceUnavailableError, InferenceRejectedError) as exc:
@@ -293,7 +306,7 @@ class Searcher:
         try:
             results = self.client.search(
                 self.name,
-                data=[q.vector.tolist() for q in ready],
+                data=[_vector(q).tolist() for q in ready],
                 limit=top_k,
                 filter=expr,
                 output_fields=list(output_fields) or ["id"],

@@ -507,4 +507,5 @@ def _remove_dot_segments(path: str) -> str:
 def json_schema() -> dict[str, Any]:
     """The ``image.v1`` JSON Schema (draft 2020-12) shipped beside this module."""
     text = resources.files("schemas").joinpath("image.v1.schema.json").read_bytes()
-    return orjson.loads(text)
+    schema: dict[str, Any] = orjson.loads(text)
+    return schema

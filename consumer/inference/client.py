@@ -133,7 +133,7 @@ class TritonInference:
         if self.endpoint.protocol == "grpc":
             import tritonclient.grpc as tc
         else:
-            import tritonclient.http as tc  # type: ignore[no-redef]
+            import tritonclient.http as tc
         data = np.ascontiguousarray(batch, dtype=np.float32)
         inp = tc.InferInput(self.spec.input_name, list(data.shape), self.spec.input_datatype)
         if self.endpoint.protocol == "grpc":
@@ -159,7 +159,8 @@ class TritonInference:
             raise InferenceRejectedError(
                 f"model returned {None if vectors is None else vectors.shape} for {data.shape[0]}"
             )
-        return vectors.reshape(data.shape[0], -1).astype(np.float32, copy=False)
+        rows: np.ndarray = vectors.reshape(data.shape[0], -1).astype(np.float32, copy=False)
+        return rows
 
     def is_ready(self) -> bool:
         """Whether Triton reports the model ready, within ``READINESS_TIMEOUT_S`` (``/readyz``).

@@ -17,7 +17,7 @@ def l2_normalize(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     array = np.asarray(vectors, dtype=np.float32)
     if array.ndim != 2:
         raise ValueError(f"expected a 2-D array of vectors, got shape {array.shape}")
-    finite = np.isfinite(array).all(axis=1)
+    finite = np.asarray(np.isfinite(array).all(axis=1))
     safe = np.where(finite[:, None], array, 0.0).astype(np.float32, copy=False)
     norms = np.linalg.norm(safe.astype(np.float64), axis=1)
     valid = finite & (norms > MIN_NORM)

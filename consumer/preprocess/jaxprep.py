@@ -15,6 +15,7 @@ import os
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -29,9 +30,10 @@ def enable_compilation_cache(directory: Path | None) -> None:
     if directory is None:
         return
     directory.mkdir(parents=True, exist_ok=True)
-    jax.config.update("jax_compilation_cache_dir", os.fspath(directory))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    update: Any = jax.config.update  # untyped in jax
+    update("jax_compilation_cache_dir", os.fspath(directory))
+    update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
 class _MainThreadGc:
@@ -114,7 +116,7 @@ def _filter_taps(side: jnp.ndarray, canvas_px: int) -> tuple[jnp.ndarray, jnp.nd
     return jnp.clip(index, 0, canvas_px - 1), weight
 
 
-def _build(canvas_px: int):
+def _build(canvas_px: int) -> Any:  # a jitted function: jax types it loosely
     crop = contract.CROP_PX
     scale_px, shift = contract.scale_and_offset()
     if contract.INTERPOLATION not in ("bilinear", "linear"):
