@@ -43,28 +43,42 @@ def sheet_size(rows: int, columns: int, thumb_px: int = THUMB_PX) -> tuple[int, 
     return GAP_PX + columns * cell_w, GAP_PX + rows * cell_h
 
 
-def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+Font = ImageFont.ImageFont | ImageFont.FreeTypeFont
+
+
+def _font(size: int) -> Font:
     try:
         return ImageFont.load_default(size=size)
     except (TypeError, OSError):  # Pillow without FreeType: the fixed bitmap font
         return ImageFont.load_default()
 
 
-def _fit(text: str, draw: ImageDraw.ImageDraw, font: object, width: int) -> str:
+def _fit(
+    text: str,
+    draw: ImageDraw.ImageDraw,
+    font: ImageFont.ImageFont | ImageFont.FreeTypeFont,
+    width: int,
+) -> str:
     """``text`` cut (with an ellipsis) to fit ``width`` pixels."""
-    if draw.textlength(text, font=font) <= width:  # type: ignore[arg-type]
+    if draw.textlength(text, font=font) <= width:
         return text
-    while text and draw.textlength(text + "…", font=font) > width:  # type: ignore[arg-type]
+    while text and draw.textlength(text + "…", font=font) > width:
         text = text[:-1]
     return text + "…"
 
 
-def _wrap(text: str, draw: ImageDraw.ImageDraw, font: object, width: int, lines: int) -> list[str]:
+def _wrap(
+    text: str,
+    draw: ImageDraw.ImageDraw,
+    font: ImageFont.ImageFont | ImageFont.FreeTypeFont,
+    width: int,
+    lines: int,
+) -> list[str]:
     out: list[str] = []
     rest = text
     while rest and len(out) < lines:
         cut = len(rest)
-        while cut > 1 and draw.textlength(rest[:cut], font=font) > width:  # type: ignore[arg-type]
+        while cut > 1 and draw.textlength(rest[:cut], font=font) > width:
             cut -= 1
         out.append(rest[:cut])
         rest = rest[cut:]

@@ -13,9 +13,9 @@ import gc
 import math
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
@@ -46,20 +46,20 @@ class _MainThreadGc:
     the main thread runs the hook at its next preprocessing call (``run_pending``).
     """
 
-    def __init__(self, hook: object) -> None:
+    def __init__(self, hook: Callable[[Literal["start", "stop"], dict[str, int]], object]) -> None:
         self.hook = hook
         self.pending = threading.Event()
 
-    def __call__(self, phase: str, info: dict[str, int]) -> None:
+    def __call__(self, phase: Literal["start", "stop"], info: dict[str, int]) -> None:
         if threading.current_thread() is threading.main_thread():
-            self.hook(phase, info)  # type: ignore[operator]
+            self.hook(phase, info)
         else:
             self.pending.set()
 
     def run_pending(self) -> None:
         if self.pending.is_set():
             self.pending.clear()
-            self.hook("stop", {"generation": 2, "collected": 0, "uncollectable": 0})  # type: ignore[operator]
+            self.hook("stop", {"generation": 2, "collected": 0, "uncollectable": 0})
 
 
 def confine_jax_gc_to_main_thread() -> _MainThreadGc | None:
