@@ -59,13 +59,16 @@ class PlanSpec:
 
 @dataclass(frozen=True, slots=True)
 class Plan:
-    """Per partition, where the backfill ends, and the metadata every commit carries."""
+    """Per partition, where the backfill starts and ends, and the metadata every commit carries."""
 
     plan_id: str
     ends: dict[int, int]
     starts: dict[int, int]
     #: The backfill's total rate (messages/s over all workers), or None for no limit.
     max_rate: float | None = None
+    #: The specs it was made from (None when read back from commits of an older format).
+    start_from: str | None = None
+    until: str | None = None
 
     def rate_share(self, assigned: int) -> float | None:
         """This worker's share of ``max_rate`` when it holds ``assigned`` of the plan's
@@ -76,20 +79,72 @@ class Plan:
 
     def metadata(self, partition: int) -> str | None:
         end = self.ends.get(partition)
-        return None if end is None else encode(self.plan_id, end)
+        if end is None:
+            return None
+        return encode(
+            self.plan_id,
+            end,
+            start=self.starts.get(partition),
+            max_rate=self.max_rate,
+            start_from=self.start_from,
+            until=self.until,
+        )
 
     @property
     def messages(self) -> int:
         return sum(max(0, self.ends[p] - self.starts.get(p, 0)) for p in self.ends)
 
 
-def encode(plan_id: str, end: int) -> str:
-    """The offset metadata of one partition of a plan."""
-    return orjson.dumps({"f": FORMAT, "plan": plan_id, "end": end}).decode()
+#: Offset metadata stays well under the broker's ``offset.metadata.max.bytes`` (4096 by default):
+#: specs that would make it longer are left out (the plan id still names them).
+METADATA_MAX_BYTES: Final = 1024
+
+
+def encode(
+    plan_id: str,
+    end: int,
+    *,
+    start: int | None = None,
+    max_rate: float | None = None,
+    start_from: str | None = None,
+    until: str | None = None,
+) -> str:
+    """The offset metadata of one partition of a plan: its id and end, and (when given) the
+    partition's start, the plan's max rate and its specs."""
+    data: dict[str, Any] = {"f": FORMAT, "plan": plan_id, "end": end}
+    if start is not None:
+        data["start"] = start
+    if max_rate is not None:
+        data["rate"] = max_rate
+    short = orjson.dumps(data)
+    if start_from is not None:
+        data["from"] = start_from
+    if until is not None:
+        data["until"] = until
+    text = orjson.dumps(data)
+    return (text if len(text) <= METADATA_MAX_BYTES else short).decode()
 
 
 def decode(metadata: str | None) -> tuple[str, int] | None:
     """(plan id, end) from offset metadata, or None when it is not a plan's."""
+    entry = decode_entry(metadata)
+    return None if entry is None else (entry.plan_id, entry.end)
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """What one partition's commit metadata says about its plan."""
+
+    plan_id: str
+    end: int
+    start: int | None = None
+    max_rate: float | None = None
+    start_from: str | None = None
+    until: str | None = None
+
+
+def decode_entry(metadata: str | None) -> Entry | None:
+    """The plan entry in offset metadata, or None when it is not a plan's."""
     if not metadata:
         return None
     try:
@@ -99,9 +154,51 @@ def decode(metadata: str | None) -> tuple[str, int] | None:
     if not isinstance(data, dict) or data.get("f") != FORMAT:
         return None
     plan_id, end = data.get("plan"), data.get("end")
-    if isinstance(plan_id, str) and isinstance(end, int):
-        return plan_id, end
-    return None
+    if not isinstance(plan_id, str) or not isinstance(end, int) or isinstance(end, bool):
+        return None
+    start, rate = data.get("start"), data.get("rate")
+    start_from, until = data.get("from"), data.get("until")
+    return Entry(
+        plan_id,
+        end,
+        start if isinstance(start, int) and not isinstance(start, bool) else None,
+        float(rate) if isinstance(rate, int | float) and not isinstance(rate, bool) else None,
+        start_from if isinstance(start_from, str) else None,
+        until if isinstance(until, str) else None,
+    )
+
+
+def _committed_by_partition(committed: list[TopicPartition]) -> dict[int, TopicPartition]:
+    return {tp.partition: tp for tp in committed}
+
+
+def remaining(committed: list[TopicPartition], plan: Plan) -> int:
+    """Messages of ``plan`` between the group's commits and the plan's ends, over all its
+    partitions (a partition without a commit of this plan counts from its start)."""
+    by_part = _committed_by_partition(committed)
+    left = 0
+    for partition, end in plan.ends.items():
+        start = plan.starts.get(partition, 0)
+        tp = by_part.get(partition)
+        entry = decode_entry(tp.metadata) if tp is not None else None
+        at = tp.offset if tp is not None and tp.offset >= 0 and _ours(entry, plan) else start
+        left += max(0, end - max(at, start))
+    return left
+
+
+def complete(committed: list[TopicPartition], plan: Plan) -> bool:
+    """Whether the group's commits (``consumer.committed`` of *every* partition of the plan,
+    not only a worker's own) reach the plan's ends: the whole backfill is done."""
+    by_part = _committed_by_partition(committed)
+    for partition, end in plan.ends.items():
+        tp = by_part.get(partition)
+        if tp is None or tp.offset < end or not _ours(decode_entry(tp.metadata), plan):
+            return False
+    return True
+
+
+def _ours(entry: Entry | None, plan: Plan) -> bool:
+    return entry is not None and entry.plan_id == plan.plan_id
 
 
 def bounded(s: Settings) -> bool:
@@ -118,54 +215,122 @@ def applies(s: Settings) -> bool:
 def prepare(consumer: Any, s: Settings, now: datetime | None = None) -> tuple[Plan, bool]:
     """The group's plan for this run: resumed from its commits, or made and committed now.
 
-    Returns the plan and whether it was made by this call. Must run before ``subscribe`` (the
-    plan is committed outside any group generation)."""
+    A worker of a planned backfill (``backfill run``) only ever finds the plan ``backfill plan``
+    made; it never makes one. Returns the plan and whether it was made by this call. Must run
+    before ``subscribe`` (the plan is committed outside any group generation)."""
+    topic = s.topic or ""
+    partitions = partitions_of(consumer, topic)
+    committed = consumer.committed([TopicPartition(topic, p) for p in partitions], timeout=10)
+    if s.backfill_worker:
+        return found(s.group or "", topic, partitions, committed), False
     spec = PlanSpec.of(s)
-    partitions = _partitions(consumer, spec.topic)
-    committed = consumer.committed([TopicPartition(spec.topic, p) for p in partitions], timeout=10)
-    found = {tp.partition: (tp.offset, decode(tp.metadata)) for tp in committed if tp.offset >= 0}
-    if found and not s.reset_offsets:
-        return _resume(spec, partitions, found), False
-    plan = _make(consumer, s, spec, partitions, now or datetime.now(UTC))
+    existing = {tp.partition: tp for tp in committed if tp.offset >= 0}
+    if existing and not s.reset_offsets:
+        return _resume(spec, partitions, existing), False
+    plan = make(consumer, s, partitions, now or datetime.now(UTC), max_rate=None)
+    commit_plan(consumer, topic, plan)
+    return plan, True
+
+
+def commit_plan(consumer: Any, topic: str, plan: Plan) -> None:
+    """Commit every partition's start with the plan's metadata (the plan is then in Kafka)."""
     offsets = [
-        TopicPartition(spec.topic, p, plan.starts[p], metadata=encode(plan.plan_id, plan.ends[p]))
-        for p in partitions
+        TopicPartition(topic, p, plan.starts[p], metadata=plan.metadata(p)) for p in plan.ends
     ]
     result = consumer.commit(offsets=offsets, asynchronous=False)
     failed = [tp for tp in result or [] if tp.error is not None]
     if failed:
         raise EngineFatalError(f"could not commit the backfill plan: {failed[0].error}")
-    return plan, True
 
 
-def _partitions(consumer: Any, topic: str) -> list[int]:
+def partitions_of(consumer: Any, topic: str) -> list[int]:
+    """The topic's partitions, or a clear error when it does not exist."""
     meta = consumer.list_topics(topic, timeout=10).topics.get(topic)
     if meta is None or meta.error is not None or not meta.partitions:
         raise EngineFatalError(f"topic {topic!r} does not exist")
     return sorted(meta.partitions)
 
 
-def _resume(
-    spec: PlanSpec, partitions: list[int], found: dict[int, tuple[int, tuple[str, int] | None]]
-) -> Plan:
-    plan_id = spec.plan_id
-    ends: dict[int, int] = {}
-    starts: dict[int, int] = {}
+def from_commits(partitions: list[int], committed: list[TopicPartition]) -> Plan | None:
+    """The plan all of ``partitions``' commits name, or None when they do not all name one."""
+    by_part = _committed_by_partition(committed)
+    entries: dict[int, tuple[int, Entry]] = {}
     for partition in partitions:
-        offset, meta = found.get(partition, (-1, None))
-        if meta is None or meta[0] != plan_id:
+        tp = by_part.get(partition)
+        entry = decode_entry(tp.metadata) if tp is not None and tp.offset >= 0 else None
+        if tp is None or entry is None:
+            return None
+        entries[partition] = (tp.offset, entry)
+    ids = {entry.plan_id for _, entry in entries.values()}
+    if len(ids) != 1:
+        return None
+    first = next(iter(entries.values()))[1]
+    return Plan(
+        first.plan_id,
+        ends={p: entry.end for p, (_, entry) in entries.items()},
+        starts={
+            p: entry.start if entry.start is not None else min(offset, entry.end)
+            for p, (offset, entry) in entries.items()
+        },
+        max_rate=first.max_rate,
+        start_from=first.start_from,
+        until=first.until,
+    )
+
+
+def found(group: str, topic: str, partitions: list[int], committed: list[TopicPartition]) -> Plan:
+    """The planned backfill in the group's commits, or a clear error saying what to do: a worker
+    never starts a backfill over by itself."""
+    plan = from_commits(partitions, committed)
+    if plan is not None:
+        return plan
+    with_offsets = [tp for tp in committed if tp.offset >= 0]
+    if not with_offsets:
+        raise EngineFatalError(
+            f"group {group!r} has no backfill plan on topic {topic!r} (no committed offsets): "
+            f"run 'backfill plan --topic {topic} --group {group} --from ...' first; if it was "
+            "planned, its offsets expired (the broker's offsets.retention.minutes) or were "
+            "deleted: plan it again (rows already written stay in Milvus)"
+        )
+    lost = sorted(
+        p
+        for p in partitions
+        if not any(tp.partition == p and decode_entry(tp.metadata) for tp in with_offsets)
+    )
+    ids = sorted({e.plan_id for tp in with_offsets if (e := decode_entry(tp.metadata))})
+    detail = f"partitions {lost} have no plan in their commits" if lost else f"several plans {ids}"
+    raise EngineFatalError(
+        f"the backfill plan of group {group!r} on topic {topic!r} is lost: {detail} "
+        "(offsets reset by an operator, expired, or committed by another consumer, or "
+        "partitions added after planning); nothing was restarted: plan it again with "
+        "'backfill plan ... --replace' once no worker runs"
+    )
+
+
+def _resume(spec: PlanSpec, partitions: list[int], existing: dict[int, TopicPartition]) -> Plan:
+    plan = from_commits(partitions, list(existing.values()))
+    if plan is not None and plan.plan_id == spec.plan_id:
+        return plan
+    for partition in partitions:
+        tp = existing.get(partition)
+        entry = decode_entry(tp.metadata) if tp is not None else None
+        if entry is None or entry.plan_id != spec.plan_id:
+            offset = "none" if tp is None else f"offset {tp.offset}"
             raise EngineFatalError(
                 f"group {spec.group!r} has committed offsets that are not this run's plan "
-                f"(partition {partition}: {'none' if offset < 0 else f'offset {offset}'}"
-                f"{'' if meta is None else f', plan {meta[0]}'}); run the same command as the "
-                "run that made it, pass --reset-offsets to start this one over from --from, "
-                "or use another --group"
+                f"(partition {partition}: {offset}"
+                f"{'' if entry is None else f', plan {entry.plan_id}'}); run the same command "
+                "as the run that made it, pass --reset-offsets to start this one over from "
+                "--from, or use another --group"
             )
-        ends[partition], starts[partition] = meta[1], offset
-    return Plan(plan_id, ends, starts)
+    raise EngineFatalError(f"group {spec.group!r}: the plan's commits disagree")
 
 
-def _make(consumer: Any, s: Settings, spec: PlanSpec, partitions: list[int], now: datetime) -> Plan:
+def make(
+    consumer: Any, s: Settings, partitions: list[int], now: datetime, max_rate: float | None
+) -> Plan:
+    """Resolve the specs of ``s`` to a start and an end per partition (nothing is committed)."""
+    spec = PlanSpec.of(s)
     if s.until is not None and s.until > now:
         raise EngineFatalError(
             f"--until {s.until.isoformat()} is in the future: a backfill's end must be fixed "
@@ -184,7 +349,7 @@ def _make(consumer: Any, s: Settings, spec: PlanSpec, partitions: list[int], now
         )
         ends.update({tp.partition: tp.offset for tp in found if tp.offset >= 0})
     starts = {p: min(starts[p], ends[p]) for p in partitions}
-    return Plan(spec.plan_id, ends, starts)
+    return Plan(spec.plan_id, ends, starts, max_rate, spec.start_from, spec.until)
 
 
 def _resolve_starts(
