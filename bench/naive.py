@@ -36,7 +36,7 @@ def run_naive(
     """Consume ``messages`` messages one by one; images/s and CPU s per image after ``warmup``."""
     from bench.servers import milvus_client
     from bench.stages import CANVAS_PX, load_square
-    from consumer.engine.loop import collection_contract
+    from consumer.engine.wiring import collection_contract
     from consumer.inference import TritonInference, l2_normalize, read_model_spec
     from consumer.inference.client import TritonEndpoint
     from consumer.preprocess.jaxprep import Preprocessor

@@ -277,7 +277,7 @@ def measure_milvus(
     ``server_pid`` (a Milvus started here) adds the server's CPU per row to each point.
     """
     from bench.servers import milvus_client
-    from consumer.engine.loop import collection_contract
+    from consumer.engine.wiring import collection_contract
     from consumer.inference import ModelSpec
     from consumer.sink import MilvusCollection
 

@@ -94,7 +94,7 @@ def _read_image_bytes(s: Settings, image: str, fetcher: Fetcher | None = None) -
 
 def make_fetcher(s: Settings) -> Fetcher:
     """A fetcher under the ingestion's fetch policy (SSRF guard, size and pixel limits)."""
-    from consumer.engine.loop import fetch_policy
+    from consumer.engine.wiring import fetch_policy
     from consumer.fetch import Fetcher
 
     return Fetcher(fetch_policy(s))
@@ -164,7 +164,7 @@ class Searcher:
     # --- the servers ---------------------------------------------------------------------
     def open(self) -> None:
         """Read the model from Triton, find the collection and check that it matches."""
-        from consumer.engine.loop import collection_contract, triton_endpoint
+        from consumer.engine.wiring import collection_contract, triton_endpoint
         from consumer.inference import (
             InferenceUnavailableError,
             ModelMismatchError,
@@ -255,7 +255,7 @@ class Searcher:
     # --- embedding -----------------------------------------------------------------------
     def embed(self, queries: Sequence[Query]) -> None:
         """Preprocess (one compiled shape) and infer every readable query."""
-        from consumer.engine.loop import triton_endpoint
+        from consumer.engine.wiring import triton_endpoint
         from consumer.inference import (
             InferenceRejectedError,
             InferenceUnavailableError,
@@ -433,7 +433,7 @@ def run_checks(s: Settings) -> list[tuple[str, bool, str]]:
     """Each check as (name, passed, detail): broker, topic, Triton model, Milvus collection."""
     from confluent_kafka.admin import AdminClient
 
-    from consumer.engine.loop import collection_contract, triton_endpoint
+    from consumer.engine.wiring import collection_contract, triton_endpoint
     from consumer.inference import read_model_spec
     from consumer.sink import MilvusCollection, collection_name
 
@@ -505,7 +505,7 @@ def s3_check(s: Settings) -> tuple[str, bool, str] | None:
     import botocore.session
     from botocore.exceptions import BotoCoreError, ClientError
 
-    from consumer.engine.loop import fetch_policy
+    from consumer.engine.wiring import fetch_policy
     from consumer.fetch.s3 import make_client
 
     try:

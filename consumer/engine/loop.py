@@ -15,7 +15,6 @@ or acknowledged by the dead-letter topic), whatever order the work finishes in.
 from __future__ import annotations
 
 import contextlib
-import os
 import queue
 import random
 import signal
@@ -26,10 +25,9 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import StrEnum
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -53,30 +51,34 @@ from consumer.engine.generations import Generations
 from consumer.engine.plan import Plan
 from consumer.engine.pool import DaemonPool
 from consumer.engine.registry import LatestRegistry
-from consumer.fetch import Fetcher, FetchError, FetchPolicy, decode_image
+from consumer.engine.runtime import Edges, Runtime
+from consumer.engine.wiring import (
+    collection_contract,
+    dead_letter_max_bytes,
+    fetch_policy,
+    tombstone_retention_s,
+    triton_endpoint,
+)
+from consumer.fetch import Fetcher, FetchError, decode_image
 from consumer.inference import (
     InferenceRejectedError,
     InferenceUnavailableError,
-    ModelMismatchError,
     ModelSpec,
     TritonInference,
     l2_normalize,
 )
-from consumer.inference.client import TritonEndpoint, read_model_spec
 from consumer.observability.logging import get_logger
 from consumer.observability.metrics import Metrics, Outcome, RetryOperation
 from consumer.offsets import OffsetOrderError, OffsetTracker
 from consumer.preprocess import fit_to_canvas
 from consumer.settings import Settings, parse_start
 from consumer.sink import (
-    CollectionContract,
     CollectionMismatchError,
     MilvusCollection,
     MilvusWriter,
     WriteOp,
     WriteResult,
     collection_name,
-    connect,
 )
 from consumer.sink.collection import URI_MAX_LENGTH
 from consumer.sink.tombstones import Tombstones
@@ -215,11 +217,15 @@ class Engine:
         *,
         metrics: Metrics | None = None,
         on_progress: Callable[[int, int], None] | None = None,
+        runtime: Runtime | None = None,
+        edges: Edges | None = None,
     ) -> None:
         if not settings.topic or not settings.group or not settings.collection:
             raise EngineFatalError("run needs --topic, --group and --collection")
         self.settings = settings
         self.metrics = metrics or Metrics()
+        self._runtime = runtime  # None: the real one, built at set-up (it starts threads)
+        self._edges = edges or Edges.real()
         self.summary = RunSummary()
         self._on_progress = on_progress
         self._tracker = OffsetTracker()
@@ -272,21 +278,14 @@ class Engine:
     def setup(self) -> None:
         """Connect, validate the model and the collection, warm the JAX buckets. Main thread."""
         s = self.settings
-        from confluent_kafka.admin import AdminClient
-
-        admin = AdminClient(s.kafka_common())  # one admin client for the start-up checks
+        edges = self._edges
+        admin = edges.admin(s.kafka_common())  # one admin client for the start-up checks
         preflight.check_kafka(admin, s)  # before the slow start-up work: fail fast
         endpoint = triton_endpoint(s)
-        self._spec = wait_for_model_spec(endpoint, s, self._stop)
-        self._triton = TritonInference(endpoint, self._spec)
+        self._spec = edges.model_spec(endpoint, s, self._stop)
+        self._triton = edges.inference(endpoint, self._spec)
         contract_ = collection_contract(self._spec)
-        self._milvus = connect(
-            s.milvus_uri,
-            s.milvus_token.get_secret_value() if s.milvus_token else None,
-            s.milvus_db,
-            s.milvus_timeout_s,
-            s.milvus_server_pem_path,
-        )
+        self._milvus = edges.milvus(s)
         self.collection_name = collection_name(s.collection or "", contract_)
         self._collection = MilvusCollection(self._milvus, self.collection_name)
         try:
@@ -297,14 +296,14 @@ class Engine:
             "collection ready", collection=self.collection_name, created=created, dim=contract_.dim
         )
         self.metrics.set_build_info(model=self._spec.name, model_version=self._spec.version)
-        self._preprocessor = make_preprocessor(s)
-        self._fetcher = Fetcher(
-            fetch_policy(s), on_retry=lambda: self.metrics.record_retry(RetryOperation.FETCH)
+        self._preprocessor = edges.preprocessor(s)
+        self._fetcher = edges.fetcher(
+            fetch_policy(s), lambda: self.metrics.record_retry(RetryOperation.FETCH)
         )
-        self._io_pool = DaemonPool(
-            s.io_threads, name="io", initializer=lower_thread_priority, initargs=(s.io_nice,)
-        )
-        self._infer_pool = DaemonPool(s.infer_threads, name="infer")
+        if self._runtime is None:
+            self._runtime = Runtime.system(s)
+        self._io_pool = self._runtime.io_executor
+        self._infer_pool = self._runtime.infer_executor
         configs = preflight.topic_configs(admin, [s.topic or "", s.dead_letter_topic])
         tombstones = Tombstones(self._milvus, self.collection_name)
         tombstones.ensure()
@@ -327,7 +326,7 @@ class Engine:
             on_write_seconds=lambda sec: self.metrics.observe_stage("write", sec),
         )
         self._writer.start()
-        self._producer = Producer(
+        self._producer = edges.dead_letter_producer(
             {
                 **s.kafka_common(),
                 "enable.idempotence": True,
@@ -353,7 +352,7 @@ class Engine:
             "statistics.interval.ms": 5000,
             "stats_cb": self.metrics.update_from_librdkafka_stats,
         }
-        self._consumer = Consumer(conf)
+        self._consumer = edges.kafka_consumer(conf)
         if backfill_plan.applies(self.settings):  # a backfill: made once, resumed
             self._plan = self._prepare_plan(self._consumer)
         self._consumer.subscribe(
@@ -1155,128 +1154,3 @@ class Engine:
         except Exception as exc:
             checks["milvus"] = f"unreachable: {type(exc).__name__}"
         return checks
-
-
-# ================================================================================ factories
-#: Kafka's default ``max.message.bytes`` of a topic (1 MiB plus the record batch overhead).
-KAFKA_DEFAULT_MAX_MESSAGE_BYTES = 1_048_588
-#: Room for the dead-letter headers (reason, stage, source, version) on top of the record.
-DEAD_LETTER_HEADROOM_BYTES = 64 * 1024
-
-
-def dead_letter_max_bytes(configs: dict[str, str]) -> int:
-    """The dead-letter producer's ``message.max.bytes``: the source topic's limit plus room for
-    the headers, so a record the source accepted is never refused by our own producer (its
-    default, 1 000 000 bytes, is below Kafka's default topic limit)."""
-    try:
-        limit = int(configs.get("max.message.bytes", KAFKA_DEFAULT_MAX_MESSAGE_BYTES))
-    except ValueError:
-        limit = KAFKA_DEFAULT_MAX_MESSAGE_BYTES
-    return limit + DEAD_LETTER_HEADROOM_BYTES
-
-
-def tombstone_retention_s(s: Settings, configs: dict[str, dict[str, str]]) -> float | None:
-    """How long deletions are remembered: ``--tombstone-retention-s``, else the longest
-    ``retention.ms`` of the source and dead-letter topics (None: a topic keeps records forever,
-    or its retention is unknown, so tombstones are kept)."""
-    if s.tombstone_retention_s is not None:
-        return s.tombstone_retention_s
-    longest = 0
-    for topic in (s.topic or "", s.dead_letter_topic):
-        value = configs.get(topic, {}).get("retention.ms")
-        if value is None or int(value) < 0:
-            return None
-        longest = max(longest, int(value))
-    return longest / 1000
-
-
-def triton_endpoint(s: Settings) -> TritonEndpoint:
-    """Where Triton is; TLS file paths are handed to the client as they are."""
-    ssl = s.triton_url.startswith(("https://", "grpcs://")) or bool(s.triton_ssl_root_certificates)
-    return TritonEndpoint(
-        protocol=s.triton_protocol,
-        address=s.triton_address,
-        ssl=ssl,
-        root_certificates=s.triton_ssl_root_certificates,
-        private_key=s.triton_ssl_private_key,
-        certificate_chain=s.triton_ssl_certificate_chain,
-        timeout_s=s.triton_timeout_s,
-    )
-
-
-def wait_for_model_spec(endpoint: TritonEndpoint, s: Settings, stop: threading.Event) -> ModelSpec:
-    """Read the model's metadata, waiting (with backoff) while Triton is not up yet."""
-    delay = 0.5
-    deadline = time.monotonic() + max(60.0, s.triton_timeout_s)
-    while True:
-        try:
-            return read_model_spec(endpoint, s.model, s.model_version, s.output)
-        except InferenceUnavailableError as exc:
-            if time.monotonic() > deadline or stop.is_set():
-                raise EngineFatalError(f"Triton at {s.triton_url} is not ready: {exc}") from exc
-            log.warning("waiting for Triton", url=s.triton_url, error=str(exc))
-            stop.wait(delay)
-            delay = min(5.0, delay * 2)
-        except ModelMismatchError as exc:
-            raise EngineFatalError(str(exc)) from exc
-
-
-def collection_contract(spec: ModelSpec) -> CollectionContract:
-    return CollectionContract(
-        model=spec.name,
-        model_version=spec.version,
-        output=spec.output,
-        preprocessing=contract.preprocessing_id(),
-        dim=spec.dim,
-    )
-
-
-def make_preprocessor(s: Settings) -> Any:
-    """Build and warm the JAX preprocessor (main thread; the only JAX entry point)."""
-    from consumer.preprocess.jaxprep import Preprocessor
-
-    pre = Preprocessor(
-        canvas_px=s.canvas_px, buckets=s.preprocess_buckets, cache_dir=s.compilation_cache_dir
-    )
-    pre.warm_up()
-    return pre
-
-
-def fetch_policy(s: Settings) -> FetchPolicy:
-    return FetchPolicy(
-        file_roots=tuple(Path(p) for p in s.file_roots),
-        allowed_schemes=frozenset(s.allowed_schemes),
-        allow_private_networks=s.allow_private_networks,
-        allowed_networks=tuple(s.allowed_networks),
-        allowed_hosts=tuple(s.allowed_hosts),
-        follow_redirects=s.follow_redirects,
-        max_bytes=s.max_download_bytes,
-        max_pixels=s.max_pixels,
-        connect_timeout_s=s.fetch_connect_timeout_s,
-        read_timeout_s=s.fetch_read_timeout_s,
-        total_timeout_s=s.fetch_total_timeout_s,
-        retries=s.fetch_retries,
-        allowed_buckets=tuple(s.allowed_buckets),
-        s3_endpoint_url=s.s3_endpoint_url,
-        s3_region=s.s3_region,
-        s3_path_style=s.s3_path_style,
-        s3_requester_pays=s.s3_requester_pays,
-        s3_max_pool_connections=max(10, s.io_threads),
-    )
-
-
-def lower_thread_priority(niceness: int) -> None:
-    """Make the calling thread ``niceness`` nicer (Linux: per-thread nice by thread id)."""
-    if niceness <= 0 or not sys.platform.startswith("linux"):
-        return
-    tid = threading.get_native_id()
-    try:
-        os.setpriority(
-            os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + niceness)
-        )
-    except OSError as exc:  # e.g. a seccomp profile that forbids it: run as we are
-        log.warning("could not lower the I/O threads' priority", error=str(exc))
-
-
-def now_iso() -> str:
-    return datetime.now(UTC).isoformat()

@@ -14,6 +14,7 @@ import queue
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
+from functools import partial
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -43,11 +44,11 @@ class DaemonPool:
         for thread in self._threads:
             thread.start()
 
-    def submit(self, fn: Callable[..., T], *args: Any) -> Future[T]:
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
         if self._closed:
             raise RuntimeError("the pool is shut down")
         future: Future[T] = Future()
-        self._jobs.put((future, fn, args))
+        self._jobs.put((future, partial(fn, **kwargs) if kwargs else fn, args))
         return future
 
     def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:

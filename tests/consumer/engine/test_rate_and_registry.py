@@ -55,7 +55,7 @@ def test_lower_thread_priority_changes_only_the_calling_thread() -> None:
     import sys
     import threading
 
-    from consumer.engine.loop import lower_thread_priority
+    from consumer.engine.wiring import lower_thread_priority
 
     if not sys.platform.startswith("linux"):
         pytest.skip("per-thread niceness is a Linux feature")
