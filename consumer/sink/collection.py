@@ -118,6 +118,11 @@ class MilvusCollection:
         schema.add_field("kafka_ts", DataType.INT64)
         schema.add_field("kafka_partition", DataType.INT64)
         schema.add_field("kafka_offset", DataType.INT64)
+        # near-duplicate flags (consumer/sink/neardup.py); older collections keep them aside
+        schema.add_field(
+            "near_duplicate_of", DataType.VARCHAR, max_length=ID_MAX_LENGTH, nullable=True
+        )
+        schema.add_field("near_duplicate_score", DataType.FLOAT, nullable=True)
         index = self.client.prepare_index_params()
         index.add_index(field_name="embedding", index_type="AUTOINDEX", metric_type="COSINE")
         self.client.create_collection(

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from consumer.sink.neardup import NearDuplicates
 from consumer.sink.tombstones import Tombstones
 from schemas import Version
 
@@ -68,6 +69,7 @@ class MilvusWriter:
         flush_interval_s: float | None = None,
         on_retry: Callable[[Exception, float], None] | None = None,
         on_write_seconds: Callable[[float], None] | None = None,
+        near_duplicates: NearDuplicates | None = None,
         max_backoff_s: float = 5.0,
     ) -> None:
         self._client = client
@@ -85,6 +87,7 @@ class MilvusWriter:
         self._on_retry = on_retry
         self._on_write_seconds = on_write_seconds
         self._max_backoff_s = max_backoff_s
+        self._near_duplicates = near_duplicates
         self._queue: queue.Queue[WriteOp | None] = queue.Queue()
         self._abort = threading.Event()
         self._closing = threading.Event()
@@ -253,8 +256,16 @@ class MilvusWriter:
                 deletes.append(op)
             else:
                 upserts.append(op)
+        flagged = 0
+        if upserts and self._near_duplicates is not None:  # flags the rows, drops none
+            flagged = self._near_duplicates.annotate(
+                [op.row for op in upserts if op.row is not None],
+                [op.id for op in upserts + deletes],
+            )
         if upserts:
             self._client.upsert(self._collection, [op.row for op in upserts])
+            if self._near_duplicates is not None:
+                self._near_duplicates.flagged(flagged)
         if deletes:
             self._client.delete(self._collection, ids=[op.id for op in deletes])
             if self._tombstones is not None:  # the deletion keeps its version
