@@ -154,6 +154,12 @@ class Settings(BaseSettings):
     write_max_age_s: float = Field(default=0.2, ge=0)
     flush_interval_s: float | None = Field(default=None, gt=0, description="none: only at exit")
     milvus_timeout_s: float = Field(default=30.0, gt=0)
+    near_duplicate_threshold: float | None = Field(
+        default=None,
+        gt=0,
+        le=1,
+        description="flag rows this cosine-similar to a stored original (none: off)",
+    )
 
     # --- fetch ------------------------------------------------------------------------------
     file_roots: tuple[Path, ...] = Field(
