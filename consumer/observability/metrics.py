@@ -158,6 +158,11 @@ class Metrics:
             ["operation"],
             registry=r,
         )
+        self.near_duplicates_total = Counter(
+            f"{PREFIX}_near_duplicates_total",
+            "Rows written flagged as near-duplicates of a stored original (none are dropped).",
+            registry=r,
+        )
         self.backfill_remaining_messages = Gauge(
             f"{PREFIX}_backfill_remaining_messages",
             "Messages of the group's backfill plan not yet committed, over all its partitions.",
@@ -207,6 +212,10 @@ class Metrics:
     def record_retry(self, operation: RetryOperation | str) -> None:
         """Count one retry of ``operation``."""
         self.retries_total.labels(operation=_checked(operation, RetryOperation)).inc()
+
+    def record_near_duplicates(self, rows: int) -> None:
+        """Count ``rows`` written with a near-duplicate flag."""
+        self.near_duplicates_total.inc(rows)
 
     # -- histograms -----------------------------------------------------------------------------
 

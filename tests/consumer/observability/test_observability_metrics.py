@@ -32,6 +32,7 @@ EXPECTED = {
     "image_embedder_uncommitted_messages": ("gauge", {"topic", "partition"}),
     "image_embedder_retries": ("counter", {"operation"}),
     "image_embedder_backfill_remaining_messages": ("gauge", set()),
+    "image_embedder_near_duplicates": ("counter", set()),
     "image_embedder_build_info": ("gauge", {"version", "model", "model_version"}),
     "image_embedder_last_loop_tick_timestamp_seconds": ("gauge", set()),
 }
