@@ -81,6 +81,7 @@ from consumer.sink import (
     collection_name,
 )
 from consumer.sink.collection import URI_MAX_LENGTH
+from consumer.sink.neardup import NearDuplicates
 from consumer.sink.tombstones import Tombstones
 from schemas import (
     HEADER_VERSION,
@@ -307,6 +308,15 @@ class Engine:
         configs = preflight.topic_configs(admin, [s.topic or "", s.dead_letter_topic])
         tombstones = Tombstones(self._milvus, self.collection_name)
         tombstones.ensure()
+        near_duplicates = None
+        if s.near_duplicate_threshold is not None:
+            near_duplicates = NearDuplicates(
+                self._milvus,
+                self.collection_name,
+                s.near_duplicate_threshold,
+                on_flagged=self.metrics.record_near_duplicates,
+            )
+            near_duplicates.ensure()
         self._writer = MilvusWriter(
             self._milvus,
             self.collection_name,
@@ -324,6 +334,7 @@ class Engine:
             flush_interval_s=s.flush_interval_s,
             on_retry=lambda exc, delay: self.metrics.record_retry(RetryOperation.MILVUS),
             on_write_seconds=lambda sec: self.metrics.observe_stage("write", sec),
+            near_duplicates=near_duplicates,
         )
         self._writer.start()
         self._producer = edges.dead_letter_producer(
