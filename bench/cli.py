@@ -40,6 +40,18 @@ SECTIONS = ("stages", "naive", "e2e", "latency", "memory", "unpinned")
 #: Triton setting of the bracketing ceiling when the stage sweep is skipped (one of the
 #: sweep's best points on the reference machine).
 DEFAULT_CEILING = (4, 16)
+#: The consumer's settings recorded with the results.
+SETTINGS_REPORTED = (
+    "batch_size",
+    "preprocess_buckets",
+    "infer_threads",
+    "infer_batch_size",
+    "io_threads",
+    "max_rows_in_flight",
+    "write_batch_rows",
+    "write_max_age_s",
+    "canvas_px",
+)
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -175,334 +187,413 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-def _run(args: argparse.Namespace, layout: CpuLayout) -> int:
-    from bench import e2e, report, stages
-    from bench.dataset import backlog, build_dataset, message_value
-    from bench.kafka_io import create_topic, publish
-    from bench.naive import run_naive
-    from bench.servers import BenchServers, ImageHttpServer, drop_collections
-    from consumer.settings import Settings
-    from devstack import free_port
+class _Bench:
+    """One benchmark run: its servers, its topics and collections, and the results so far."""
 
-    run_id = time.strftime("%Y%m%dT%H%M%S")
-    clock = _Clock()
-    work = args.cache_dir / "runs" / run_id
-    for line in layout.lines():
-        print(line, flush=True)
-    if not layout.pinned:
-        print("  (on this machine the figures include the model server's share of the CPUs)")
-    machine = machine_info()
-    print(
-        f"machine: {machine.get('cpu_model')}, {machine.get('cpus_online')} CPUs, "
-        f"{machine.get('memory_gib')} GiB; load average {os.getloadavg()[0]:.2f}",
-        flush=True,
-    )
-    results: dict[str, Any] = {
-        "run_id": run_id,
-        "quick": args.quick,
-        "source": source_version(REPO_ROOT),
-        "machine": machine,
-        "layout": layout.to_json(),
-        "load_average_start": [round(x, 2) for x in os.getloadavg()],
-    }
-    sweep = _sweep(args.quick)
-    dataset = clock.run("data set", lambda: build_dataset(args.cache_dir, args.images, args.seed))
-    results["dataset"] = {**dataset.summary(), "uri_scheme": "http" if args.http else "file"}
-    print(f"   {orjson.dumps(results['dataset']).decode()}")
-    defaults = Settings()
-    results["consumer_settings"] = {
-        key: getattr(defaults, key, None)
-        for key in (
-            "batch_size",
-            "preprocess_buckets",
-            "infer_threads",
-            "infer_batch_size",
-            "io_threads",
-            "max_rows_in_flight",
-            "write_batch_rows",
-            "write_max_age_s",
-            "canvas_px",
+    def __init__(self, args: argparse.Namespace, layout: CpuLayout) -> None:
+        self.args = args
+        self.layout = layout
+        self.run_id = time.strftime("%Y%m%dT%H%M%S")
+        self.clock = _Clock()
+        self.work = args.cache_dir / "runs" / self.run_id
+        self.sweep = _sweep(args.quick)
+        self.model_cpus = layout.model_cpus if layout.pinned else None
+        self.rest_cpus = layout.consumer_cpus if layout.pinned else None
+        self.topics: list[str] = []
+        self.collections: list[str] = []
+        self.results: dict[str, Any] = {}
+        self.http_server: Any = None
+        self.base_url: str | None = None
+        self.servers: Any = None
+        self.endpoints: Any = None
+        self.opts: Any = None
+        self.dataset: Any = None
+        self.policy: Any = None
+        self.uris: list[str] = []
+
+    # ------------------------------------------------------------------ set-up
+    def describe_machine(self) -> None:
+        for line in self.layout.lines():
+            print(line, flush=True)
+        if not self.layout.pinned:
+            print("  (on this machine the figures include the model server's share of the CPUs)")
+        machine = machine_info()
+        print(
+            f"machine: {machine.get('cpu_model')}, {machine.get('cpus_online')} CPUs, "
+            f"{machine.get('memory_gib')} GiB; load average {os.getloadavg()[0]:.2f}",
+            flush=True,
         )
-    } | {"extra_args": list(args.consumer_arg)}
-    model_cpus = layout.model_cpus if layout.pinned else None
-    rest_cpus = layout.consumer_cpus if layout.pinned else None
-    servers = BenchServers(
-        work / "servers",
-        kafka_cpus=rest_cpus,
-        milvus_cpus=rest_cpus,
-        triton_cpus=model_cpus,
-        kafka=args.kafka_bootstrap,
-        milvus=args.milvus_uri,
-        triton=args.triton_url,
-    )
-    http_server: ImageHttpServer | None = None
-    topics: list[str] = []
-    collections: list[str] = []
+        self.results.update(
+            {
+                "run_id": self.run_id,
+                "quick": self.args.quick,
+                "source": source_version(REPO_ROOT),
+                "machine": machine,
+                "layout": self.layout.to_json(),
+                "load_average_start": [round(x, 2) for x in os.getloadavg()],
+            }
+        )
+
+    def build_data(self) -> None:
+        from bench.dataset import build_dataset
+        from consumer.settings import Settings
+
+        args = self.args
+        self.dataset = self.clock.run(
+            "data set", lambda: build_dataset(args.cache_dir, args.images, args.seed)
+        )
+        self.results["dataset"] = {
+            **self.dataset.summary(),
+            "uri_scheme": "http" if args.http else "file",
+        }
+        print(f"   {orjson.dumps(self.results['dataset']).decode()}")
+        defaults = Settings()
+        self.results["consumer_settings"] = {
+            key: getattr(defaults, key, None) for key in SETTINGS_REPORTED
+        } | {"extra_args": list(args.consumer_arg)}
+
+    def start_servers(self) -> None:
+        from bench import e2e, stages
+        from bench.servers import BenchServers, ImageHttpServer
+        from devstack import free_port
+
+        args = self.args
+        self.servers = BenchServers(
+            self.work / "servers",
+            kafka_cpus=self.rest_cpus,
+            milvus_cpus=self.rest_cpus,
+            triton_cpus=self.model_cpus,
+            kafka=args.kafka_bootstrap,
+            milvus=args.milvus_uri,
+            triton=args.triton_url,
+        )
+        self.endpoints = self.clock.run("servers", self.servers.start)
+        ep = self.endpoints
+        print(f"   kafka {ep.kafka}  milvus {ep.milvus}  triton {ep.triton}")
+        if args.http:
+            self.http_server = ImageHttpServer(
+                self.dataset.folder,
+                self.work / "logs" / "images-http.log",
+                free_port(),
+                self.rest_cpus,
+            )
+            self.http_server.start()
+            self.base_url = self.http_server.base_url
+        self.policy = stages.fetch_policy(self.dataset, args.http)
+        count = max(self.sweep.fetch_images, 1)
+        self.uris = [self.dataset.uri(i, self.base_url) for i in range(count)]
+        self.opts = e2e.ConsumerOptions(
+            ep, self.dataset.folder, self.work / "logs", args.http, tuple(args.consumer_arg)
+        )
+
+    # ------------------------------------------------------------------ helpers
+    def topic(self, name: str, records: int | None = None, base_url: str | None = None) -> str:
+        """A fresh topic of this run, with ``records`` backlog messages published to it."""
+        from bench.dataset import backlog
+        from bench.kafka_io import create_topic, publish
+
+        full = f"bench-{self.run_id}-{name}"
+        create_topic(self.endpoints.kafka, full, self.args.partitions)
+        self.topics.append(full)
+        if records:
+            url = base_url if base_url is not None else self.base_url
+            took = publish(self.endpoints.kafka, full, backlog(self.dataset, records, full, url))
+            print(f"   published {records} messages to {full} in {took:.1f} s", flush=True)
+        return full
+
+    def collection(self, name: str) -> str:
+        full = f"bench_{self.run_id}_{name}"
+        self.collections.append(full)
+        return full
+
+    def release(self, name: str) -> None:
+        """Drop a section's collection once measured, so that Milvus does not seal, index or
+        compact it in the background (on the consumer's core) during later sections."""
+        from bench.servers import drop_collections
+
+        drop_collections(self.endpoints.milvus, [name])
+        self.collections.remove(name)
+
+    def backlog_run(self, name: str, messages: int, cpus: str | None, window: float | None) -> Any:
+        from bench import e2e
+
+        t = self.topic(name, messages)
+        target = self.collection(name)
+        proc = e2e.ConsumerProcess(self.opts, name=name, topic=t, collection=target, cpus=cpus)
+        try:
+            return e2e.run_backlog(
+                proc, messages=messages, server_pids=self.servers.pids(), window_s=window
+            )
+        finally:
+            self.release(target)
+
+    # ------------------------------------------------------------------ sections
+    def stages(self) -> None:
+        """Each stage alone at a sweep of its settings."""
+        from bench import stages
+
+        args, sweep, clock = self.args, self.sweep, self.clock
+        found: dict[str, Any] = {}
+        squares: list[Any] = []
+
+        def fetch() -> None:
+            result, loaded = stages.measure_fetch_decode(
+                self.dataset, self.uris, self.policy, sweep.io_threads, sweep.rounds
+            )
+            found["fetch_decode"] = result
+            squares.extend(loaded)
+
+        clock.run("stage: fetch + decode", fetch)
+        found["preprocess"] = clock.run(
+            "stage: JAX preprocessing",
+            lambda: stages.measure_preprocess(
+                squares,
+                sweep.preprocess_batches,
+                REPO_ROOT / ".cache" / "jax",
+                min_images=64 if args.quick else 256,
+                rounds=sweep.rounds,
+            ),
+        )
+        squares.clear()
+        found["triton"] = clock.run(
+            "stage: Triton ceiling",
+            lambda: stages.measure_triton(
+                self.endpoints.triton,
+                sweep.triton_concurrency,
+                sweep.triton_batches,
+                sweep.triton_max_in_flight,
+                sweep.triton_window_s,
+                sweep.rounds,
+            ),
+        )
+        upserts = self.collection("upsert")
+        found["milvus_upsert"] = clock.run(
+            "stage: Milvus upsert",
+            lambda: stages.measure_milvus(
+                self.endpoints.milvus,
+                upserts,
+                found["triton"]["dim"],
+                sweep.write_groups,
+                sweep.write_rows,
+                sweep.rounds,
+                self.servers.pids().get("milvus"),
+            ),
+        )
+        self.release(upserts)
+        self.results["stages"] = found
+        for key in ("fetch_decode", "preprocess", "triton", "milvus_upsert"):
+            print(f"   {key}: best {found[key]['best']}")
+
+    def naive(self) -> None:
+        from bench.naive import run_naive
+
+        args, ep = self.args, self.endpoints
+        naive = self.collection("naive")
+        self.results["naive"] = self.clock.run(
+            "naive sequential consumer",
+            lambda: run_naive(
+                bootstrap=ep.kafka,
+                topic=self.topic("naive", args.naive_messages),
+                group=f"bench-{self.run_id}-naive",
+                triton_url=ep.triton,
+                milvus_uri=ep.milvus,
+                collection=naive,
+                policy=self.policy,
+                messages=args.naive_messages,
+                cache_dir=REPO_ROOT / ".cache" / "jax",
+            ),
+        )
+        self.release(naive)
+        print(f"   {self.results['naive']}")
+
+    def _ceiling_setting(self) -> tuple[int, int]:
+        best = (self.results.get("stages", {}).get("triton") or {}).get("best") or {}
+        threads = int(best.get("concurrency") or DEFAULT_CEILING[0])
+        batch = int(best.get("batch_size") or DEFAULT_CEILING[1])
+        return threads, batch
+
+    def _ceiling(self, when: str, threads: int, batch: int) -> dict[str, Any]:
+        from bench import stages
+
+        point: dict[str, Any] = self.clock.run(
+            f"Triton ceiling {when} end to end ({threads} x {batch})",
+            lambda: stages.measure_ceiling(
+                self.endpoints.triton, threads, batch, self.args.ceiling_window_s
+            ),
+        )
+        print(f"   {point['images_per_s']} images/s")
+        return point
+
+    def end_to_end(self) -> None:
+        threads, batch = self._ceiling_setting()
+        before = self._ceiling("before", threads, batch)
+        self.results["end_to_end"] = self.clock.run(
+            f"end to end ({'pinned' if self.layout.pinned else 'unpinned'})",
+            lambda: self.backlog_run("e2e", self.args.messages, self.rest_cpus, None),
+        )
+        _print_run(self.results["end_to_end"])
+        after = self._ceiling("after", threads, batch)
+        self.results["ceiling"] = {
+            "concurrency": threads,
+            "batch_size": batch,
+            "window_s": self.args.ceiling_window_s,
+            "before": before,
+            "after": after,
+            "images_per_s": round((before["images_per_s"] + after["images_per_s"]) / 2, 1),
+        }
+
+    def _latency_rate(self) -> float:
+        from bench import e2e
+
+        rate = (self.results.get("end_to_end") or {}).get("images_per_s")
+        if not rate:
+            triton = self.results.get("stages", {}).get("triton", {})
+            rate = (triton.get("best") or {}).get("images_per_s")
+        return e2e.check_positive(rate or 0.0, "the end-to-end rate")
+
+    def latency(self) -> None:
+        from bench import e2e
+        from bench.dataset import message_value
+
+        args = self.args
+        rate = self._latency_rate()
+        t = self.topic("latency")
+        name = self.collection("latency")
+        proc = e2e.ConsumerProcess(
+            self.opts, name="latency", topic=t, collection=name, cpus=self.rest_cpus
+        )
+        dataset, base_url = self.dataset, self.base_url
+        levels = self.clock.run(
+            "latency at load levels",
+            lambda: e2e.run_latency(
+                proc,
+                topic=t,
+                collection=name,
+                max_rate=rate,
+                fractions=args.latency_fractions,
+                duration_s=args.latency_phase_s,
+                drain_timeout_s=max(30.0, args.latency_phase_s),
+                make_value=lambda i, id_, sent: message_value(
+                    id_, dataset.uri(i, base_url), {"sent_ms": int(sent * 1000)}
+                ),
+                server_pids=self.servers.pids(),
+            ),
+        )
+        self.release(name)
+        self.results["latency"] = {"max_rate_per_s": rate, "levels": levels}
+        for level in levels:
+            print(f"   {level}")
+
+    def memory(self) -> None:
+        args = self.args
+        memory: dict[str, Any] = {}
+        for label, count in (("small", args.small_backlog), ("large", args.large_backlog)):
+            run = self.clock.run(
+                f"memory: {count}-message backlog",
+                lambda label=label, count=count: self.backlog_run(
+                    f"mem{label}", count, self.rest_cpus, args.memory_window_s
+                ),
+            )
+            memory[label] = run
+            print(
+                f"   peak RSS {run['peak_rss_mib']} MiB, "
+                f"{run['ingested']} ingested at {run['images_per_s']}/s"
+            )
+        self.results["memory"] = memory
+
+    def unpinned(self) -> None:
+        from bench.servers import BenchServers
+
+        args = self.args
+        everything = self.layout.available
+
+        def run() -> Any:
+            if not (args.kafka_bootstrap and args.milvus_uri and args.triton_url):
+                self.servers.stop()
+                self.servers = BenchServers(
+                    self.work / "servers-unpinned",
+                    kafka_cpus=everything,
+                    milvus_cpus=everything,
+                    triton_cpus=everything,
+                    kafka=args.kafka_bootstrap,
+                    milvus=args.milvus_uri,
+                    triton=args.triton_url,
+                )
+                self.endpoints = self.servers.start()
+                self.opts = replace(self.opts, endpoints=self.endpoints)
+            return self.backlog_run("unpinned", args.messages, everything, None)
+
+        self.results["unpinned"] = self.clock.run("end to end (unpinned)", run)
+        _print_run(self.results["unpinned"])
+
+    def sections(self) -> list[tuple[str, Callable[[], None]]]:
+        """The sections to run, in order (``--skip`` and the layout leave some out)."""
+        chosen = [
+            ("stages", self.stages),
+            ("naive", self.naive),
+            ("e2e", self.end_to_end),
+            ("latency", self.latency),
+            ("memory", self.memory),
+        ]
+        if self.layout.pinned:
+            chosen.append(("unpinned", self.unpinned))
+        return [(name, fn) for name, fn in chosen if name not in self.args.skip]
+
+    # ------------------------------------------------------------------ tear-down
+    def stop(self, ok: bool) -> None:
+        if self.http_server is not None:
+            self.http_server.stop()
+        if self.args.kafka_bootstrap or self.args.milvus_uri:
+            _drop(self.args, self.topics, self.collections)
+        if self.servers is not None:
+            self.servers.stop()
+        if ok and not self.args.keep:
+            shutil.rmtree(self.work, ignore_errors=True)
+        elif not ok:
+            print(f"logs and server data kept in {self.work}", file=sys.stderr)
+
+    def write(self) -> Path:
+        """Ratios, findings, the JSON and the chart; prints the summary."""
+        from bench import report
+
+        results = self.results
+        results["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+        results["section_seconds"] = self.clock.sections
+        results["total_seconds"] = round(time.monotonic() - self.clock.started, 1)
+        results["cost_model"] = report.cost_model(results)
+        table = report.ratios(results)
+        results["ratios"] = table
+        results["findings"] = report.findings(results, table)
+        self.args.results_dir.mkdir(parents=True, exist_ok=True)
+        json_path: Path = self.args.results_dir / f"{self.run_id}.json"
+        json_path.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
+        png_path = json_path.with_suffix(".png")
+        try:
+            report.chart(results, png_path)
+        except Exception:  # the numbers matter more than the picture
+            traceback.print_exc()
+        report.print_summary(results, table)
+        print(f"\nwrote {json_path} and {png_path.name} in {results['total_seconds']:.0f} s")
+        return json_path
+
+
+def _run(args: argparse.Namespace, layout: CpuLayout) -> int:
+    bench = _Bench(args, layout)
+    bench.describe_machine()
+    bench.build_data()
     ok = False
     failure: BaseException | None = None
     try:
-        endpoints = clock.run("servers", servers.start)
-        print(f"   kafka {endpoints.kafka}  milvus {endpoints.milvus}  triton {endpoints.triton}")
-        base_url = None
-        if args.http:
-            http_server = ImageHttpServer(
-                dataset.folder, work / "logs" / "images-http.log", free_port(), rest_cpus
-            )
-            http_server.start()
-            base_url = http_server.base_url
-        policy = stages.fetch_policy(dataset, args.http)
-        uris = [dataset.uri(i, base_url) for i in range(max(sweep.fetch_images, 1))]
-        opts = e2e.ConsumerOptions(
-            endpoints, dataset.folder, work / "logs", args.http, tuple(args.consumer_arg)
-        )
-
-        def topic(name: str, records: int | None = None) -> str:
-            full = f"bench-{run_id}-{name}"
-            create_topic(endpoints.kafka, full, args.partitions)
-            topics.append(full)
-            if records:
-                took = publish(endpoints.kafka, full, backlog(dataset, records, full, base_url))
-                print(f"   published {records} messages to {full} in {took:.1f} s", flush=True)
-            return full
-
-        def collection(name: str) -> str:
-            full = f"bench_{run_id}_{name}"
-            collections.append(full)
-            return full
-
-        def release(name: str) -> None:
-            """Drop a section's collection once measured, so that Milvus does not seal, index
-            or compact it in the background (on the consumer's core) during later sections."""
-            drop_collections(endpoints.milvus, [name])
-            collections.remove(name)
-
-        # ---------------------------------------------------------------- stages alone
-        if "stages" not in args.skip:
-            found: dict[str, Any] = {}
-
-            def fetch() -> None:
-                result, squares = stages.measure_fetch_decode(
-                    dataset, uris, policy, sweep.io_threads, sweep.rounds
-                )
-                found["fetch_decode"] = result
-                found["_squares"] = squares
-
-            clock.run("stage: fetch + decode", fetch)
-            clock.run(
-                "stage: JAX preprocessing",
-                lambda: found.__setitem__(
-                    "preprocess",
-                    stages.measure_preprocess(
-                        found["_squares"],
-                        sweep.preprocess_batches,
-                        REPO_ROOT / ".cache" / "jax",
-                        min_images=64 if args.quick else 256,
-                        rounds=sweep.rounds,
-                    ),
-                ),
-            )
-            found.pop("_squares")
-            clock.run(
-                "stage: Triton ceiling",
-                lambda: found.__setitem__(
-                    "triton",
-                    stages.measure_triton(
-                        endpoints.triton,
-                        sweep.triton_concurrency,
-                        sweep.triton_batches,
-                        sweep.triton_max_in_flight,
-                        sweep.triton_window_s,
-                        sweep.rounds,
-                    ),
-                ),
-            )
-            upserts = collection("upsert")
-            clock.run(
-                "stage: Milvus upsert",
-                lambda: found.__setitem__(
-                    "milvus_upsert",
-                    stages.measure_milvus(
-                        endpoints.milvus,
-                        upserts,
-                        found["triton"]["dim"],
-                        sweep.write_groups,
-                        sweep.write_rows,
-                        sweep.rounds,
-                        servers.pids().get("milvus"),
-                    ),
-                ),
-            )
-            release(upserts)
-            results["stages"] = found
-            for key in ("fetch_decode", "preprocess", "triton", "milvus_upsert"):
-                print(f"   {key}: best {found[key]['best']}")
-
-        # ---------------------------------------------------------------- naive consumer
-        if "naive" not in args.skip:
-            naive = collection("naive")
-            results["naive"] = clock.run(
-                "naive sequential consumer",
-                lambda: run_naive(
-                    bootstrap=endpoints.kafka,
-                    topic=topic("naive", args.naive_messages),
-                    group=f"bench-{run_id}-naive",
-                    triton_url=endpoints.triton,
-                    milvus_uri=endpoints.milvus,
-                    collection=naive,
-                    policy=policy,
-                    messages=args.naive_messages,
-                    cache_dir=REPO_ROOT / ".cache" / "jax",
-                ),
-            )
-            release(naive)
-            print(f"   {results['naive']}")
-
-        # ---------------------------------------------------------------- end to end
-        def backlog_run(name: str, messages: int, cpus: str | None, window: float | None) -> Any:
-            t = topic(name, messages)
-            target = collection(name)
-            proc = e2e.ConsumerProcess(opts, name=name, topic=t, collection=target, cpus=cpus)
-            try:
-                return e2e.run_backlog(
-                    proc, messages=messages, server_pids=servers.pids(), window_s=window
-                )
-            finally:
-                release(target)
-
-        if "e2e" not in args.skip:
-            best = (results.get("stages", {}).get("triton") or {}).get("best") or {}
-            threads = int(best.get("concurrency") or DEFAULT_CEILING[0])
-            batch = int(best.get("batch_size") or DEFAULT_CEILING[1])
-
-            def ceiling(when: str) -> dict[str, Any]:
-                point = clock.run(
-                    f"Triton ceiling {when} end to end ({threads} x {batch})",
-                    lambda: stages.measure_ceiling(
-                        endpoints.triton, threads, batch, args.ceiling_window_s
-                    ),
-                )
-                print(f"   {point['images_per_s']} images/s")
-                return point
-
-            before = ceiling("before")
-            results["end_to_end"] = clock.run(
-                f"end to end ({'pinned' if layout.pinned else 'unpinned'})",
-                lambda: backlog_run("e2e", args.messages, rest_cpus, None),
-            )
-            _print_run(results["end_to_end"])
-            after = ceiling("after")
-            results["ceiling"] = {
-                "concurrency": threads,
-                "batch_size": batch,
-                "window_s": args.ceiling_window_s,
-                "before": before,
-                "after": after,
-                "images_per_s": round((before["images_per_s"] + after["images_per_s"]) / 2, 1),
-            }
-
-        if "latency" not in args.skip:
-            rate = (results.get("end_to_end") or {}).get("images_per_s")
-            if not rate:
-                rate = (results.get("stages", {}).get("triton", {}).get("best") or {}).get(
-                    "images_per_s"
-                )
-            rate = e2e.check_positive(rate or 0.0, "the end-to-end rate")
-            t = topic("latency")
-            name = collection("latency")
-            proc = e2e.ConsumerProcess(
-                opts, name="latency", topic=t, collection=name, cpus=rest_cpus
-            )
-            levels = clock.run(
-                "latency at load levels",
-                lambda: e2e.run_latency(
-                    proc,
-                    topic=t,
-                    collection=name,
-                    max_rate=rate,
-                    fractions=args.latency_fractions,
-                    duration_s=args.latency_phase_s,
-                    drain_timeout_s=max(30.0, args.latency_phase_s),
-                    make_value=lambda i, id_, sent: message_value(
-                        id_,
-                        dataset.uri(i, base_url),
-                        {"sent_ms": int(sent * 1000)},
-                    ),
-                    server_pids=servers.pids(),
-                ),
-            )
-            release(name)
-            results["latency"] = {"max_rate_per_s": rate, "levels": levels}
-            for level in levels:
-                print(f"   {level}")
-
-        if "memory" not in args.skip:
-            memory: dict[str, Any] = {}
-            for label, count in (("small", args.small_backlog), ("large", args.large_backlog)):
-                memory[label] = clock.run(
-                    f"memory: {count}-message backlog",
-                    lambda label=label, count=count: backlog_run(
-                        f"mem{label}", count, rest_cpus, args.memory_window_s
-                    ),
-                )
-                print(
-                    f"   peak RSS {memory[label]['peak_rss_mib']} MiB, "
-                    f"{memory[label]['ingested']} ingested at {memory[label]['images_per_s']}/s"
-                )
-            results["memory"] = memory
-
-        if "unpinned" not in args.skip and layout.pinned:
-            everything = layout.available
-
-            def unpinned() -> Any:
-                nonlocal servers, endpoints, opts
-                if not (args.kafka_bootstrap and args.milvus_uri and args.triton_url):
-                    servers.stop()
-                    servers = BenchServers(
-                        work / "servers-unpinned",
-                        kafka_cpus=everything,
-                        milvus_cpus=everything,
-                        triton_cpus=everything,
-                        kafka=args.kafka_bootstrap,
-                        milvus=args.milvus_uri,
-                        triton=args.triton_url,
-                    )
-                    endpoints = servers.start()
-                    opts = replace(opts, endpoints=endpoints)
-                return backlog_run("unpinned", args.messages, everything, None)
-
-            results["unpinned"] = clock.run("end to end (unpinned)", unpinned)
-            _print_run(results["unpinned"])
+        bench.start_servers()
+        for _name, section in bench.sections():
+            section()
         ok = True
     except BaseException as exc:  # keep what was measured, then fail
         failure = exc
-        results["error"] = f"{type(exc).__name__}: {exc}"
+        bench.results["error"] = f"{type(exc).__name__}: {exc}"
     finally:
-        if http_server is not None:
-            http_server.stop()
-        if args.kafka_bootstrap or args.milvus_uri:
-            _drop(args, topics, collections)
-        servers.stop()
-        if ok and not args.keep:
-            shutil.rmtree(work, ignore_errors=True)
-        elif not ok:
-            print(f"logs and server data kept in {work}", file=sys.stderr)
-    results["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
-    results["section_seconds"] = clock.sections
-    results["total_seconds"] = round(time.monotonic() - clock.started, 1)
-    results["cost_model"] = report.cost_model(results)
-    table = report.ratios(results)
-    results["ratios"] = table
-    results["findings"] = report.findings(results, table)
-    args.results_dir.mkdir(parents=True, exist_ok=True)
-    json_path = args.results_dir / f"{run_id}.json"
-    json_path.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
-    png_path = args.results_dir / f"{run_id}.png"
-    try:
-        report.chart(results, png_path)
-    except Exception:  # the numbers matter more than the picture
-        traceback.print_exc()
-    report.print_summary(results, table)
-    print(f"\nwrote {json_path} and {png_path.name} in {results['total_seconds']:.0f} s")
+        bench.stop(ok)
+    bench.write()
     if failure is not None:
         raise failure
     return 0

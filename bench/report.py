@@ -249,14 +249,9 @@ def findings(results: dict[str, Any], table: dict[str, dict[str, Any]]) -> list[
     return out
 
 
-def print_summary(results: dict[str, Any], table: dict[str, dict[str, Any]]) -> None:
-    """The headline numbers and the ratios against their targets."""
+def _stage_lines(results: dict[str, Any]) -> list[str]:
     stages = results.get("stages", {})
-    lines = ["", "== results =="]
-    if results.get("quick"):
-        lines.append(
-            "  (--quick: these figures show that the harness runs, not how fast the pipeline is)"
-        )
+    lines = []
     for name, key, unit in (
         ("fetch+decode", "fetch_decode", "images_per_s"),
         ("JAX preprocess", "preprocess", "images_per_s"),
@@ -281,6 +276,11 @@ def print_summary(results: dict[str, Any], table: dict[str, dict[str, Any]]) -> 
             f"before ({bracket['before']['images_per_s']}) and after "
             f"({bracket['after']['images_per_s']}) the end-to-end run)"
         )
+    return lines
+
+
+def _run_lines(results: dict[str, Any]) -> list[str]:
+    lines = []
     for name, key in (("naive", "naive"), ("end to end", "end_to_end"), ("unpinned", "unpinned")):
         sec = results.get(key) or {}
         if sec.get("images_per_s"):
@@ -290,17 +290,22 @@ def print_summary(results: dict[str, Any], table: dict[str, dict[str, Any]]) -> 
                 f"({sec.get('cpu_s_per_image', 0):.4f} consumer CPU s per image"
                 + (f"; other processes busy {other} core(s))" if other is not None else ")")
             )
-    for level in _get(results, "latency", "levels") or []:
-        lines.append(
-            f"  latency at {int(level['load_fraction'] * 100):>3}% ({level['rate_per_s']}/s): "
-            f"p50 {level['p50_s']} s, p95 {level['p95_s']} s, p99 {level['p99_s']} s"
-            + (f", {level['not_found_in_time']} not found" if level["not_found_in_time"] else "")
-            + (
-                f" (other processes busy {level['machine']['other_cores_busy']} core(s))"
-                if level.get("machine")
-                else ""
-            )
-        )
+    return lines
+
+
+def _latency_line(level: dict[str, Any]) -> str:
+    missing = level["not_found_in_time"]
+    machine = level.get("machine")
+    return (
+        f"  latency at {int(level['load_fraction'] * 100):>3}% ({level['rate_per_s']}/s): "
+        f"p50 {level['p50_s']} s, p95 {level['p95_s']} s, p99 {level['p99_s']} s"
+        + (f", {missing} not found" if missing else "")
+        + (f" (other processes busy {machine['other_cores_busy']} core(s))" if machine else "")
+    )
+
+
+def _memory_lines(results: dict[str, Any]) -> list[str]:
+    lines = []
     for label in ("small", "large"):
         mem = _get(results, "memory", label)
         if mem:
@@ -308,18 +313,25 @@ def print_summary(results: dict[str, Any], table: dict[str, dict[str, Any]]) -> 
                 f"  peak RSS, {mem['messages']}-message backlog: {mem['peak_rss_mib']} MiB "
                 f"({mem['ingested']} ingested in the window)"
             )
+    return lines
+
+
+def _cost_lines(results: dict[str, Any]) -> list[str]:
     model = results.get("cost_model") or {}
-    if model.get("ms_per_image"):
-        lines.append("")
-        lines.append("== consumer-core CPU per image, from the stages alone ==")
-        for name, ms in model["ms_per_image"].items():
-            lines.append(f"  {name:<44} {ms:>8.2f} ms")
-        lines.append(
-            f"  {'total':<44} {model['total_ms_per_image']:>8.2f} ms -> at most "
-            f"{model['bound_images_per_s']} images/s on {model['consumer_cores']} core(s)"
-        )
-    lines.append("")
-    lines.append("== ratios ==")
+    if not model.get("ms_per_image"):
+        return []
+    lines = ["", "== consumer-core CPU per image, from the stages alone =="]
+    for name, ms in model["ms_per_image"].items():
+        lines.append(f"  {name:<44} {ms:>8.2f} ms")
+    lines.append(
+        f"  {'total':<44} {model['total_ms_per_image']:>8.2f} ms -> at most "
+        f"{model['bound_images_per_s']} images/s on {model['consumer_cores']} core(s)"
+    )
+    return lines
+
+
+def _ratio_lines(results: dict[str, Any], table: dict[str, dict[str, Any]]) -> list[str]:
+    lines = ["", "== ratios =="]
     for entry in table.values():
         op = ">=" if entry["kind"] == "min" else "<"
         verdict = "ok" if entry["met"] else f"MISSED by {entry['miss_pct']}%"
@@ -336,6 +348,22 @@ def print_summary(results: dict[str, Any], table: dict[str, dict[str, Any]]) -> 
             lines.append(
                 f"  (against the sweep's best point, {sweep_best} images/s: {e2e / sweep_best:.3f})"
             )
+    return lines
+
+
+def print_summary(results: dict[str, Any], table: dict[str, dict[str, Any]]) -> None:
+    """The headline numbers and the ratios against their targets."""
+    lines = ["", "== results =="]
+    if results.get("quick"):
+        lines.append(
+            "  (--quick: these figures show that the harness runs, not how fast the pipeline is)"
+        )
+    lines += _stage_lines(results)
+    lines += _run_lines(results)
+    lines += [_latency_line(level) for level in _get(results, "latency", "levels") or []]
+    lines += _memory_lines(results)
+    lines += _cost_lines(results)
+    lines += _ratio_lines(results, table)
     for text in results.get("findings", []):
         lines.append("")
         lines.append("  - " + text)
