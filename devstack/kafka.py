@@ -284,6 +284,7 @@ class KafkaServer(ServerProcess):
             random_cluster_id(),
             "--config",
             str(self.config_file),
+            *self.format_arguments(),
         ]
         with self.log_file.open("ab") as log:
             log.write(f"=== devstack: formatting {self.log_dir}\n".encode())
@@ -293,6 +294,10 @@ class KafkaServer(ServerProcess):
             )
         if proc.returncode != 0:
             raise self.error(f"formatting the storage failed with code {proc.returncode}")
+
+    def format_arguments(self) -> list[str]:
+        """Extra arguments of the storage format (e.g. SCRAM users of a secured broker)."""
+        return []
 
     def is_ready(self) -> bool:
         """True when the broker answers a metadata request naming itself."""
