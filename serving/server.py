@@ -29,6 +29,7 @@ from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
 from pytriton.triton import Triton, TritonConfig
 
 from schemas import preprocessing as contract
+from serving import nearfree
 from serving.exceptions import FatalWeightsError
 from serving.model import EfficientNetLite0, default_cache_dir, enable_compilation_cache
 from serving.weights import default_weights_path, load_legacy_state_dict
@@ -52,6 +53,8 @@ class ServerOptions:
     chunk_sizes: tuple[int, ...] = DEFAULT_CHUNK_SIZES
     weights: Path | None = None
     exit_timeout_s: int = 5
+    #: ``"near-free"``: serve the benchmark-only model of :mod:`serving.nearfree` instead.
+    bench_model: str | None = None
 
 
 def _chunk_sizes(text: str) -> tuple[int, ...]:
@@ -105,6 +108,13 @@ def parse_args(argv: Sequence[str] | None = None) -> ServerOptions:
         default=defaults.exit_timeout_s,
         help="how long Triton waits for in-flight requests when stopping (default: %(default)s)",
     )
+    parser.add_argument(
+        "--bench-model",
+        choices=[nearfree.NAME],
+        default=None,
+        help="benchmarks only: serve a model with the reference contract that costs almost "
+        "nothing, so that the consumer is the bottleneck (its vectors mean nothing)",
+    )
     ns = parser.parse_args(argv)
     try:
         chunk_sizes = (
@@ -121,6 +131,7 @@ def parse_args(argv: Sequence[str] | None = None) -> ServerOptions:
         chunk_sizes=chunk_sizes,
         weights=ns.weights,
         exit_timeout_s=ns.exit_timeout_s,
+        bench_model=ns.bench_model,
     )
 
 
@@ -164,7 +175,7 @@ def build_model(options: ServerOptions) -> EfficientNetLite0:
     return model
 
 
-def _infer_function(model: EfficientNetLite0):
+def _infer_function(model: EfficientNetLite0 | nearfree.NearFreeModel):
     @batch
     def infer(**inputs: np.ndarray) -> dict[str, np.ndarray]:
         embedding, logits = model(inputs[contract.INPUT_NAME])
@@ -173,7 +184,7 @@ def _infer_function(model: EfficientNetLite0):
     return infer
 
 
-def bind(triton: Triton, model: EfficientNetLite0) -> None:
+def bind(triton: Triton, model: EfficientNetLite0 | nearfree.NearFreeModel) -> None:
     """Declare the Triton model exactly as ``schemas.preprocessing`` describes it."""
     size, f32 = contract.CROP_PX, np.float32
     triton.bind(
@@ -215,7 +226,11 @@ def serve(options: ServerOptions) -> int:
     enable_compilation_cache(options.cache_dir)
     triton: Triton | None = None
     try:
-        model = build_model(options)
+        if options.bench_model == nearfree.NAME:
+            LOG.warning("serving the benchmark-only near-free model: its vectors mean nothing")
+            model: EfficientNetLite0 | nearfree.NearFreeModel = nearfree.NearFreeModel()
+        else:
+            model = build_model(options)
         triton = Triton(
             config=TritonConfig(
                 http_address=options.host,
