@@ -99,6 +99,13 @@ def run(
     max_rate: Annotated[
         float | None, typer.Option("--max-rate", help="Messages per second at most.")
     ] = None,
+    near_duplicate_threshold: Annotated[
+        float | None,
+        typer.Option(
+            "--near-duplicate-threshold",
+            help="Flag rows at least this cosine-similar to a stored original (off by default).",
+        ),
+    ] = None,
     file_root: Annotated[
         list[Path] | None,
         typer.Option("--file-root", help="Directory file:// URIs may read from (repeatable)."),
@@ -177,6 +184,7 @@ def run(
         reset_offsets=reset_offsets,
         rewrite_same_version=rewrite_same_version,
         max_rate=max_rate,
+        near_duplicate_threshold=near_duplicate_threshold,
         file_roots=tuple(file_root) if file_root else None,
         dlq_topic=dlq_topic,
         bootstrap_servers=bootstrap_servers,
@@ -222,7 +230,16 @@ def run(
             )
     metrics = Metrics()
     progress = _Progress() if (s.until_end or s.until) and sys.stderr.isatty() else None
-    engine = Engine(s, metrics=metrics, on_progress=progress.update if progress else None)
+    try:
+        engine = Engine(s, metrics=metrics, on_progress=progress.update if progress else None)
+    except EngineFatalError as exc:  # settings the engine cannot run with
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(EXIT_CONFIG) from exc
+    watcher = None
+    if s.backfill_worker:  # stops this worker once the whole plan is done, not only its share
+        from consumer.backfill import PlanWatcher
+
+        watcher = PlanWatcher(s, engine.request_stop, metrics.set_backfill_remaining).start()
     server = None
     if not no_metrics and s.metrics_port is not None:
         server = HealthServer(
@@ -245,6 +262,8 @@ def run(
             progress.close()
         if server is not None:
             server.stop()
+        if watcher is not None:
+            watcher.stop()
     if summary.outcome is RunOutcome.ABORTED:  # a second SIGINT
         raise typer.Exit(EXIT_ABORTED)
     if s.summary_json:
@@ -257,7 +276,7 @@ def run(
         f"startup_seconds={summary.startup_seconds:.1f} "
         f"images_per_second={summary.images_per_second:.1f}"
     )
-    if summary.outcome is RunOutcome.STOPPED_EARLY:
+    if summary.outcome is RunOutcome.STOPPED_EARLY and not (watcher and watcher.plan_complete()):
         log.warning("stopped before the end of the bounded run; run it again to finish it")
         raise typer.Exit(EXIT_STOPPED_EARLY)
 
@@ -318,6 +337,13 @@ def search(
         str,
         typer.Option("--output-fields", help="Comma-separated stored fields to print per hit."),
     ] = "uri,metadata",
+    collapse_duplicates: Annotated[
+        bool,
+        typer.Option(
+            "--collapse-duplicates",
+            help="Hide rows flagged as near-duplicates of a stored original.",
+        ),
+    ] = False,
     contact_sheet: Annotated[
         Path | None,
         typer.Option("--contact-sheet", help="Also draw the results as a PNG contact sheet."),
@@ -381,7 +407,9 @@ def search(
         if filter_expr:
             searcher.check_filter(filter_expr)
         searcher.embed(queries)
-        searcher.search(queries, top_k, filter_expr or "", wanted)
+        searcher.search(
+            queries, top_k, filter_expr or "", wanted, collapse_duplicates=collapse_duplicates
+        )
     except q.QueryError as exc:
         import logging
 
@@ -469,6 +497,164 @@ def promote(
         raise typer.Exit(EXIT_FATAL)
     previous = MilvusCollection(client, collection).promote(alias)
     typer.echo(f"alias {alias} -> {collection} (was {previous or 'unset'})")
+
+
+# --- backfill: plan once, run any number of workers, watch them ------------------------------
+backfill_app = typer.Typer(
+    no_args_is_help=True,
+    help="Planned backfills: plan once, run any number of workers, see how far they are.",
+)
+app.add_typer(backfill_app, name="backfill")
+Group = Annotated[str | None, typer.Option("--group", help="The backfill's consumer group.")]
+KafkaConfig = Annotated[
+    list[str] | None, typer.Option("--kafka-config", help="librdkafka key=value (repeat).")
+]
+JsonOut = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+#: Flags of ``run`` that belong to the plan: a worker never takes them.
+_PLAN_FLAGS = ("--from", "--until", "--until-end", "--reset-offsets")
+
+
+def _backfill_settings(**cli: Any) -> Settings:
+    s = _settings(**cli)
+    _configure_logging(s)
+    if not s.topic or not s.group:
+        typer.echo("error: --topic and --group are required", err=True)
+        raise typer.Exit(EXIT_CONFIG)
+    return s
+
+
+@backfill_app.command("plan")
+def backfill_plan(
+    topic: Topic = None,
+    group: Group = None,
+    start_from: Annotated[
+        str | None,
+        typer.Option("--from", help="earliest | latest | ISO-8601 time | partition:offset,..."),
+    ] = None,
+    until_end: Annotated[
+        bool | None, typer.Option("--until-end", help="End at the end offsets seen now.")
+    ] = None,
+    until: Annotated[
+        str | None, typer.Option("--until", help="End at messages after this ISO-8601 time.")
+    ] = None,
+    max_rate: Annotated[
+        float | None,
+        typer.Option("--max-rate", help="Messages per second over all workers together."),
+    ] = None,
+    replace: Annotated[
+        bool, typer.Option("--replace", help="Replace the group's other plan or offsets.")
+    ] = False,
+    json_out: JsonOut = False,
+    bootstrap_servers: Bootstrap = None,
+    kafka_config: KafkaConfig = None,
+    config: Config = None,
+    log_level: LogLevel = None,
+) -> None:
+    """Record a backfill's start and end per partition in the group's commits (once: the same
+    plan again is a no-op); then start any number of 'backfill run' workers."""
+    s = _backfill_settings(
+        config_file=config,
+        topic=topic,
+        group=group,
+        start_from=start_from,
+        until_end=until_end,
+        until=until,
+        max_rate=max_rate,
+        bootstrap_servers=bootstrap_servers,
+        kafka_config=kafka_config,
+        log_level=log_level or "WARNING",
+    )
+    from consumer.backfill import make_plan
+    from consumer.engine import EngineFatalError
+
+    try:
+        result = make_plan(s, replace=replace)
+    except EngineFatalError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(EXIT_FATAL) from exc
+    if json_out:
+        typer.echo(orjson.dumps(result.to_dict()).decode())
+    else:
+        p = result.plan
+        what = "planned" if result.made else "already planned (nothing changed)"
+        typer.echo(f"plan {p.plan_id} {what}: {s.topic} for group {s.group}")
+        if result.replaced:
+            typer.echo(f"replaced plan {result.replaced}")
+        for k in sorted(p.ends):
+            typer.echo(f"  partition {k}: {p.starts[k]} -> {p.ends[k]}")
+        typer.echo(
+            f"{len(p.ends)} partition(s), {p.messages} message(s) to process, "
+            f"max rate {p.max_rate or 'unlimited'}"
+        )
+    if result.note:
+        typer.echo(f"note: {result.note}", err=True)
+
+
+@backfill_app.command(
+    "run", context_settings={"allow_extra_args": True, "ignore_unknown_options": True}
+)
+def backfill_run(ctx: typer.Context) -> None:
+    """A worker of the group's planned backfill: takes 'run' flags (--topic, --group,
+    --collection, ...), never --from/--until; exits 0 once the whole plan is done, 75 when
+    stopped before."""
+    import os
+
+    args = list(ctx.args)
+    given = [a for a in args if a.split("=", 1)[0] in _PLAN_FLAGS]
+    if given:
+        typer.echo(
+            f"error: {given[0].split('=', 1)[0]} belongs to the plan ('backfill plan'); a "
+            "worker reads it from the group's commits",
+            err=True,
+        )
+        raise typer.Exit(EXIT_CONFIG)
+    os.environ["IMAGE_EMBEDDER_BACKFILL_WORKER"] = "true"
+    app(args=["run", *args], prog_name="consumer")  # exits with run's status
+
+
+@backfill_app.command("status")
+def backfill_status(
+    topic: Topic = None,
+    group: Group = None,
+    interval: Annotated[
+        float, typer.Option("--interval", min=0, help="Seconds between the two reads (rate).")
+    ] = 5.0,
+    json_out: JsonOut = False,
+    bootstrap_servers: Bootstrap = None,
+    kafka_config: KafkaConfig = None,
+    config: Config = None,
+    log_level: LogLevel = None,
+) -> None:
+    """Per partition done/total, overall progress, the current rate and the time left."""
+    s = _backfill_settings(
+        config_file=config,
+        topic=topic,
+        group=group,
+        bootstrap_servers=bootstrap_servers,
+        kafka_config=kafka_config,
+        log_level=log_level or "WARNING",
+    )
+    from consumer.backfill import status
+    from consumer.engine import EngineFatalError
+
+    try:
+        st = status(s, interval)
+    except EngineFatalError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(EXIT_FATAL) from exc
+    d = st.to_dict()
+    if json_out:
+        typer.echo(orjson.dumps(d).decode())
+        return
+    typer.echo(f"plan {d['plan']}: --from {d['from']} to {d['until']}, {d['members']} worker(s)")
+    for row in d["partitions"]:
+        typer.echo(f"  partition {row['partition']}: {row['done']}/{row['total']}")
+    rate = "unknown" if d["rate"] is None else f"{d['rate']:.1f} msg/s"
+    eta = "unknown" if d["eta_s"] is None else f"{d['eta_s']:.0f} s"
+    typer.echo(
+        f"{d['done']}/{d['total']} ({d['progress']:.1%}), {d['remaining']} remaining, "
+        f"rate {rate}, time left {eta}{' (complete)' if d['complete'] else ''}"
+    )
 
 
 def main() -> None:
