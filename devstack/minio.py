@@ -96,6 +96,7 @@ class MinioServer(ServerProcess):
     ``root_password`` (it bypasses every policy: tests use restricted credentials for denials).
     With ``region`` set, requests signed for another region are refused the way S3 refuses them
     (``AuthorizationHeaderMalformed`` naming the right region); without it any region is taken.
+    ``extra_env`` adds ``MINIO_*`` settings (e.g. an OpenID provider for web-identity tests).
     """
 
     name = "minio"
@@ -115,6 +116,7 @@ class MinioServer(ServerProcess):
         cpus: str | None = None,
         binary: Path | None = None,
         region: str | None = None,
+        extra_env: dict[str, str] | None = None,
     ) -> None:
         super().__init__(log_file, pid_file=pid_file, cpus=cpus)
         self.data_dir = Path(data_dir).resolve()
@@ -125,6 +127,7 @@ class MinioServer(ServerProcess):
         self._host = host
         self._binary = binary
         self.region = region
+        self.extra_env = dict(extra_env or {})
 
     @property
     def host(self) -> str:
@@ -174,6 +177,7 @@ class MinioServer(ServerProcess):
         )
         if self.region:
             env["MINIO_SITE_REGION"] = self.region
+        env.update(self.extra_env)
         return env
 
     def prepare(self) -> None:

@@ -311,6 +311,16 @@ def _classify(exc: Any, shown: str) -> Exception:
     code = str(error.get("Code") or "")
     status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
     what = f"s3 {status} {code}".rstrip() + f" for {shown}"
+    operation = getattr(exc, "operation_name", "GetObject")
+    if operation != "GetObject" and not (code in _TRANSIENT_CODES or status in _TRANSIENT_STATUSES):
+        # the credential chain's own call (STS for web identity or a profile's role) failed:
+        # the object was never asked for, and the message must say where to look
+        reason = str(error.get("Message") or "").strip()
+        return AccessDenied(
+            f"the AWS credential provider's {operation} call was refused ({status} {code}"
+            f"{': ' + reason if reason else ''}) before reading {shown}: check the role and "
+            "its token (web identity, profile role_arn)"
+        )
     if code in _NOT_FOUND_CODES or status in (404, 410):
         return NotFound(what)
     if code in _TRANSIENT_CODES or status in _TRANSIENT_STATUSES:
