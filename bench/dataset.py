@@ -6,6 +6,10 @@ ratio), with light sensor noise so large files compress like real photos rather 
 upscaled ones. About 85% are JPEG (quality 75-95, some greyscale, some 4:4:4 chroma), the rest
 PNG (up to 1600 px, one with an alpha channel). The set is written once under
 ``.cache/bench/`` and reused by every later run with the same size and seed.
+
+The photo-sized set (:func:`build_photo_dataset`, for the consumer-bound section) holds JPEGs
+only, long side 1600-4000 px with sensor-like noise, about 1 MB or more each, like phone or
+catalogue photos.
 """
 
 from __future__ import annotations
@@ -162,7 +166,12 @@ def _one(
 
 def build_dataset(cache_dir: Path, count: int, seed: int = 0) -> Dataset:
     """The data set of ``count`` files for ``seed``: read from the cache, else generated there."""
-    folder = cache_dir / f"images-v{DATASET_VERSION}-n{count}-s{seed}"
+    return _cached(cache_dir / f"images-v{DATASET_VERSION}-n{count}-s{seed}", count, seed, _one)
+
+
+def _cached(folder: Path, count: int, seed: int, make: Any) -> Dataset:
+    """The set in ``folder`` when its manifest lists ``count`` files that exist, else written
+    there with ``make(photo, rng, index, name, folder)`` for each file (atomically)."""
     manifest = folder / "manifest.json"
     if manifest.is_file():
         files = tuple(ImageFile(**f) for f in orjson.loads(manifest.read_bytes())["files"])
@@ -176,7 +185,7 @@ def build_dataset(cache_dir: Path, count: int, seed: int = 0) -> Dataset:
     files = []
     for i in range(count):
         name = PHOTOS[i % len(PHOTOS)]
-        files.append(_one(photos[name], rng, i, name, staging))
+        files.append(make(photos[name], rng, i, name, staging))
     (staging / "manifest.json").write_bytes(
         orjson.dumps(
             {"version": DATASET_VERSION, "seed": seed, "files": [asdict(f) for f in files]}
@@ -185,6 +194,53 @@ def build_dataset(cache_dir: Path, count: int, seed: int = 0) -> Dataset:
     shutil.rmtree(folder, ignore_errors=True)
     staging.rename(folder)
     return Dataset(folder.resolve(), tuple(files))
+
+
+#: The photo-sized set: JPEGs only, long side 1600-4000 px, as phone or catalogue photos.
+PHOTO_MIN_LONG_SIDE_PX = 1600
+PHOTO_MAX_LONG_SIDE_PX = 4000
+
+
+def _photo_sized(
+    photo: np.ndarray, rng: np.random.Generator, index: int, name: str, folder: Path
+) -> ImageFile:
+    """One photo-sized JPEG: a crop of ``photo`` upscaled to a long side of 1600-4000 px, with
+    sensor-like noise (per-pixel grain plus a little per-row banding) so that it compresses like
+    a camera's file (about 1 MB and more), not like a smooth upscaled one."""
+    from PIL import Image
+
+    if photo.ndim == 2:
+        photo = np.stack([photo] * 3, axis=-1)
+    photo = photo[..., :3]
+    h, w = photo.shape[:2]
+    aspect = float(rng.choice(ASPECTS[1:]))
+    if rng.random() < 0.35:
+        aspect = 1 / aspect  # portrait
+    cw, ch = (w, w / aspect) if w / aspect <= h else (h * aspect, h)
+    shrink = math.sqrt(rng.uniform(0.7, 1.0))
+    cw, ch = max(16, int(cw * shrink)), max(16, int(ch * shrink))
+    x0 = int(rng.integers(0, w - cw + 1))
+    y0 = int(rng.integers(0, h - ch + 1))
+    crop = np.ascontiguousarray(photo[y0 : y0 + ch, x0 : x0 + cw])
+    long_side = int(rng.uniform(PHOTO_MIN_LONG_SIDE_PX, PHOTO_MAX_LONG_SIDE_PX))
+    scale = long_side / max(cw, ch)
+    size = (max(1, round(cw * scale)), max(1, round(ch * scale)))
+    image = np.asarray(Image.fromarray(crop).resize(size, Image.Resampling.BICUBIC))
+    sigma = float(rng.uniform(3.5, 6.0))
+    grain = rng.normal(0.0, sigma, image.shape).astype(np.float32)
+    banding = rng.normal(0.0, sigma / 4, (image.shape[0], 1, 1)).astype(np.float32)
+    noisy = np.clip(image.astype(np.float32) + grain + banding, 0, 255).astype(np.uint8)
+    path = folder / f"{index:05d}_{name}.jpg"
+    quality = int(rng.integers(88, 96))
+    Image.fromarray(noisy).save(path, format="JPEG", quality=quality, subsampling=2)
+    return ImageFile(path.name, "JPEG", size[0], size[1], path.stat().st_size)
+
+
+def build_photo_dataset(cache_dir: Path, count: int, seed: int = 0) -> Dataset:
+    """The photo-sized set of ``count`` JPEGs for ``seed``: from the cache, else generated there."""
+    return _cached(
+        cache_dir / f"photos-v{DATASET_VERSION}-n{count}-s{seed}", count, seed, _photo_sized
+    )
 
 
 def message_value(id_: str, uri: str, metadata: dict[str, Any] | None = None) -> bytes:
