@@ -302,3 +302,69 @@ def test_web_identity_token_is_traded_at_sts_for_keys(
         make_s3_fetcher(server.endpoint).fetcher.fetch(f"s3://{BUCKET}/cat.jpg")
     assert refused.value.error_type is ErrorType.ACCESS_DENIED, refused.value
     assert "AssumeRoleWithWebIdentity" in refused.value.message  # where to look, not the object
+
+
+# -- IAM Identity Center (SSO) profiles --------------------------------------------------------
+
+
+@pytest.mark.usefixtures("no_static_keys")
+def test_sso_profile_credentials_from_the_cached_login(
+    s3_world: S3World,
+    make_s3_fetcher: Any,
+    endpoint: Callable[[Handler], _Endpoint],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """An SSO profile (after ``aws sso login``) trades the cached access token for role keys at
+    the portal; the consumer needs nothing but ``AWS_PROFILE``."""
+    creds = s3_world.restricted
+    access_token = "sso-access-token"
+    start_url = "https://example.awsapps.com/start"
+
+    def portal(request: BaseHTTPRequestHandler) -> tuple[int, dict[str, str], bytes]:
+        if request.headers.get("x-amz-sso_bearer_token") != access_token:
+            return 401, {}, b"{}"
+        expires_ms = int((time.time() + 3600) * 1000)
+        return _json(
+            {
+                "roleCredentials": {
+                    "accessKeyId": creds["AccessKeyId"],
+                    "secretAccessKey": creds["SecretAccessKey"],
+                    "sessionToken": creds["SessionToken"],
+                    "expiration": expires_ms,
+                }
+            }
+        )
+
+    sso = endpoint(portal)
+    cache = tmp_path / "home" / ".aws" / "sso" / "cache"
+    cache.mkdir(parents=True)
+    (cache / f"{hashlib.sha1(start_url.encode()).hexdigest()}.json").write_text(
+        json.dumps(
+            {
+                "startUrl": start_url,
+                "region": REGION,
+                "accessToken": access_token,
+                "expiresAt": _expiry(),
+            }
+        )
+    )
+    config = tmp_path / "sso-config"
+    config.write_text(
+        "[profile reader]\n"
+        f"sso_start_url = {start_url}\nsso_region = {REGION}\n"
+        "sso_account_id = 123456789012\nsso_role_name = PhotoReader\n"
+        f"region = {REGION}\n"
+    )
+    # botocore fixes its token cache folder (~/.aws/sso/cache) when it is imported: point it at
+    # this test's home instead of the user's
+    import botocore.credentials
+
+    monkeypatch.setattr(botocore.credentials.SSOProvider, "_SSO_TOKEN_CACHE_DIR", str(cache))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
+    monkeypatch.setenv("AWS_PROFILE", "reader")
+    monkeypatch.setenv("AWS_ENDPOINT_URL_SSO", sso.url)
+    _assert_restricted_keys_in_use(s3_world, make_s3_fetcher(s3_world.endpoint).fetcher)
+    [(method, path, _)] = sso.seen
+    assert method == "GET" and path.startswith("/federation/credentials?")
+    assert "role_name=PhotoReader" in path and "account_id=123456789012" in path
