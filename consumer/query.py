@@ -160,6 +160,7 @@ class Searcher:
         self.spec: Any = None
         self.name = ""
         self.fields: list[str] = []
+        self.collection = ""
 
     # --- the servers ---------------------------------------------------------------------
     def open(self) -> None:
@@ -221,6 +222,7 @@ class Searcher:
         try:
             desc = self.client.describe_collection(self.name)
             self.fields = [f["name"] for f in desc.get("fields", [])]
+            self.collection = str(desc.get("collection_name") or self.name)  # an alias's target
             self.client.load_collection(self.name)
         except Exception as exc:
             raise QueryError(
@@ -298,22 +300,46 @@ class Searcher:
         top_k: int,
         expr: str = "",
         output_fields: Sequence[str] = DEFAULT_OUTPUT_FIELDS,
+        *,
+        collapse_duplicates: bool = False,
     ) -> None:
-        """One batched search for every embedded query; fills ``query.hits`` best first."""
+        """One batched search for every embedded query; fills ``query.hits`` best first.
+
+        ``collapse_duplicates`` hides the rows flagged as near-duplicates of an original that is
+        still stored (a copy whose original was deleted is shown again); more neighbours are
+        asked for until ``top_k`` remain or the collection has no more."""
+        from consumer.sink import neardup
+
         ready = [q for q in queries if q.vector is not None]
         if not ready:
             return
-        try:
-            results = self.client.search(
-                self.name,
-                data=[_vector(q).tolist() for q in ready],
-                limit=top_k,
-                filter=expr,
-                output_fields=list(output_fields) or ["id"],
-                search_params={"metric_type": "COSINE"},
+        in_row = all(f in self.fields for f in neardup.FIELDS)
+        fields = list(output_fields)
+        if collapse_duplicates and in_row:
+            fields += [f for f in neardup.FIELDS if f not in fields]
+        limit = min(_MAX_LIMIT, top_k * 4 + 16) if collapse_duplicates else top_k
+        while True:
+            try:
+                results = self.client.search(
+                    self.name,
+                    data=[_vector(q).tolist() for q in ready],
+                    limit=limit,
+                    filter=expr,
+                    output_fields=fields or ["id"],
+                    search_params={"metric_type": "COSINE"},
+                )
+                if not collapse_duplicates:
+                    break
+                kept = self._collapse(results, in_row, top_k)
+            except Exception as exc:
+                raise QueryError(f"search failed: {_milvus_message(exc)}") from exc
+            short = any(
+                len(k) < top_k and len(hits) >= limit for k, hits in zip(kept, results, strict=True)
             )
-        except Exception as exc:
-            raise QueryError(f"search failed: {_milvus_message(exc)}") from exc
+            results = kept
+            if not short or limit >= _MAX_LIMIT:
+                break
+            limit = min(_MAX_LIMIT, limit * 4)
         for query, hits in zip(ready, results, strict=True):
             query.hits = [
                 {
@@ -323,6 +349,24 @@ class Searcher:
                 }
                 for h in hits
             ]
+
+    def _collapse(self, results: Any, in_row: bool, top_k: int) -> list[list[dict[str, Any]]]:
+        """Each query's hits without the flagged rows whose original is still stored."""
+        from consumer.sink import neardup
+
+        every = [h for hits in results for h in hits]
+        flags = neardup.read_flags(self.client, self.collection, every, in_row=in_row)
+        originals = sorted({f.of for f in flags.values()})
+        stored: set[str] = set()
+        if originals:
+            rows = self.client.get(self.name, ids=originals, output_fields=["id"])
+            stored = {str(r["id"]) for r in rows}
+        return [
+            [h for h in hits if str(h["id"]) not in flags or flags[str(h["id"])].of not in stored][
+                :top_k
+            ]
+            for hits in results
+        ]
 
     def close(self) -> None:
         if self.client is not None:
@@ -393,6 +437,10 @@ def _uri_name(hit: dict[str, Any]) -> str:
         return unquote(urlsplit(hit.get("uri") or "").path.rsplit("/", 1)[-1])
     except ValueError:
         return ""
+
+
+#: The most neighbours one Milvus search returns.
+_MAX_LIMIT = 16384
 
 
 def clip_score(value: float) -> float:
