@@ -84,6 +84,17 @@ lint: setup $(HELM_BIN) ## ruff, hadolint and helm lint
 bench: setup ## Benchmarks: per-stage ceilings, naive baseline, end to end (writes bench/results/)
 	$(PY) -m bench
 
+# The peers of the s3:// comparison are installed beside the environment, never into it: they are
+# not dependencies of the service (pinned here, the versions the figures in docs were taken with).
+S3_PEERS := .cache/s3-peers/obstore-0.12.1-s3fs-2026.9.0
+$(S3_PEERS)/.complete: | $(UV)
+	$(UV) pip install --quiet --python $(PY) --target $(S3_PEERS) obstore==0.12.1 s3fs==2026.9.0
+	@touch $@
+
+.PHONY: bench-s3-libraries
+bench-s3-libraries: setup minio $(S3_PEERS)/.complete ## Compare s3:// libraries (botocore, obstore, s3fs) on MinIO
+	$(PY) -m bench.s3_libraries --peers $(S3_PEERS) --json bench/results/s3-libraries.json
+
 .PHONY: clean
 clean: down ## Remove environments, caches and server data
 	rm -rf $(VENV) $(SERVING_VENV) .tools .cache .stack
