@@ -73,6 +73,10 @@ test: setup minio $(HELM_BIN) ## Run every test against real servers the tests s
 unit: setup ## Run the fast tests alone (no servers: neither integration nor slow)
 	$(PY) -m pytest -m "not integration and not slow" $(PYTEST_ARGS)
 
+.PHONY: typecheck
+typecheck: setup ## mypy --strict on consumer/ and schemas/ (configured in pyproject.toml)
+	$(VENV)/bin/mypy
+
 .PHONY: lint
 lint: setup $(HELM_BIN) ## ruff, hadolint and helm lint
 	$(VENV)/bin/ruff check .
