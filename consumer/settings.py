@@ -67,6 +67,7 @@ class Settings(BaseSettings):
         extra="forbid",
         populate_by_name=True,
         case_sensitive=False,
+        hide_input_in_errors=True,  # an error never echoes a value (it may be a secret)
     )
 
     config_file: Path | None = Field(default=None, description="TOML/JSON/YAML settings file")
@@ -94,6 +95,15 @@ class Settings(BaseSettings):
     kafka_ssl_certificate_location: str | None = None
     kafka_ssl_key_location: str | None = None
     kafka_ssl_key_password: SecretStr | None = None
+    kafka_oauth_cb: str | None = Field(
+        default=None,
+        description="module:function returning (token, expiry) for SASL/OAUTHBEARER (e.g. MSK IAM)",
+    )
+    auth_failure_timeout_s: float = Field(
+        default=120.0,
+        gt=0,
+        description="how long an authentication or ACL failure during a run is retried",
+    )
     batch_size: int = Field(default=32, ge=1, le=1024, description="messages per micro-batch")
     poll_timeout_s: float = Field(default=0.1, gt=0, le=5)
     commit_interval_s: float = Field(default=1.0, gt=0)
@@ -234,7 +244,9 @@ class Settings(BaseSettings):
         env = env_settings()
         path = init.get("config_file") or env.get("config_file")
         file_source = _ConfigFileSource(settings_cls, Path(path) if path else None)
-        return (init_settings, env_settings, file_source)
+        from consumer.security import SecretFileSource  # *_FILE and the secrets directory
+
+        return (init_settings, env_settings, SecretFileSource(settings_cls), file_source)
 
     @field_validator("triton_url")
     @classmethod
@@ -284,12 +296,15 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return json.loads(value)
         if isinstance(value, list | tuple):  # ["k=v", ...] from the command line
+            from consumer.security import refuse_secret_flags
+
             out = {}
             for item in value:
                 key, sep, val = str(item).partition("=")
                 if not sep:
-                    raise ValueError(f"kafka config entry {item!r} is not key=value")
+                    raise ValueError(f"kafka config entry {key.strip()!r} is not key=value")
                 out[key.strip()] = val.strip()
+            refuse_secret_flags(out)
             return out
         return value
 
@@ -334,6 +349,10 @@ class Settings(BaseSettings):
         }
         conf.update({k: v for k, v in named.items() if v is not None})
         conf.update(self.kafka_config)
+        if self.kafka_oauth_cb:
+            from consumer.security import load_oauth_cb
+
+            conf["oauth_cb"] = load_oauth_cb(self.kafka_oauth_cb)
         return conf
 
     def redacted(self) -> dict[str, Any]:

@@ -32,7 +32,7 @@ def test_settings_are_frozen() -> None:
 def test_secrets_never_show(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("IMAGE_EMBEDDER_MILVUS_TOKEN", "root:s3cret-token")
     monkeypatch.setenv("IMAGE_EMBEDDER_KAFKA_SASL_PASSWORD", "hunter2")
-    s = Settings(kafka_config=["sasl.oauthbearer.client.secret=abc123", "linger.ms=5"])
+    s = Settings(kafka_config={"sasl.oauthbearer.client.secret": "abc123", "linger.ms": "5"})
     text = repr(s) + str(s.redacted())
     for secret in ("s3cret-token", "hunter2", "abc123"):
         assert secret not in text
