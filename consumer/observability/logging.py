@@ -113,7 +113,34 @@ def _orjson_dumps(obj: Any, **_kwargs: Any) -> str:
     return orjson.dumps(obj, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
 
 
-def _shared_processors() -> list[Processor]:
+#: Loggers of this project: their tracebacks are always kept (they are logged on purpose).
+_OWN_LOGGERS: Final = ("consumer", "producer", "schemas", "serving", "devstack", "bench")
+
+
+def _shorten_library_tracebacks(level: int) -> Processor:
+    """Above DEBUG, a library's traceback (botocore's failed credential refresh, grpc's
+    reconnects, pymilvus's retries: expected conditions the service reports itself) becomes one
+    ``error`` field with the exception's type and message; ``--log-level DEBUG`` keeps it whole."""
+
+    def shorten(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
+        if level <= logging.DEBUG or not event_dict.get("exc_info"):
+            return event_dict
+        name = str(event_dict.get("logger") or "")
+        if name.split(".", 1)[0] in _OWN_LOGGERS:
+            return event_dict
+        exc_info = event_dict.pop("exc_info")
+        exc = exc_info[1] if isinstance(exc_info, tuple) else exc_info
+        if isinstance(exc, BaseException):
+            text = " ".join(str(exc).split())
+            event_dict.setdefault(
+                "error", f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+            )
+        return event_dict
+
+    return shorten
+
+
+def _shared_processors(level: int = logging.INFO) -> list[Processor]:
     return [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
@@ -121,6 +148,7 @@ def _shared_processors() -> list[Processor]:
         structlog.stdlib.PositionalArgumentsFormatter(),
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.processors.StackInfoRenderer(),
+        _shorten_library_tracebacks(level),
         # Tracebacks become text before redaction, so URLs inside them are redacted too.
         structlog.processors.format_exc_info,
         redact_secrets,
@@ -156,7 +184,7 @@ def configure_logging(
     else:
         renderer = structlog.dev.ConsoleRenderer(colors=out.isatty())
 
-    shared = _shared_processors()
+    shared = _shared_processors(_level_number(level))
     structlog.configure(
         processors=[
             structlog.stdlib.filter_by_level,

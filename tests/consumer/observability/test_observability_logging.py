@@ -100,6 +100,34 @@ def test_standard_library_records_are_rendered_and_redacted() -> None:
     assert line["event"].startswith("retrying https://")
 
 
+def _log_library_failure(out: io.StringIO, level: str, logger: str) -> dict[str, Any]:
+    configure_logging(level, "json", out)
+    try:
+        raise ConnectionError(
+            "refresh failed:\n  endpoint https://sts.example/?X-Amz-Security-Token=abc"
+        )
+    except ConnectionError:
+        logging.getLogger(logger).warning("Refreshing temporary credentials failed", exc_info=True)
+    (line,) = json_lines(out)
+    return line
+
+
+def test_a_librarys_traceback_is_one_error_field_above_debug() -> None:
+    """botocore logs an expected credential-refresh failure with its whole traceback: above DEBUG
+    it is the exception's type and message on the one line, still redacted."""
+    line = _log_library_failure(io.StringIO(), "info", "botocore.credentials")
+    assert "exception" not in line
+    assert line["error"].startswith("ConnectionError: refresh failed: endpoint https://sts")
+    assert "abc" not in line["error"]
+
+
+def test_debug_keeps_library_tracebacks_and_ours_are_always_kept() -> None:
+    line = _log_library_failure(io.StringIO(), "debug", "botocore.credentials")
+    assert "Traceback" in line["exception"] and "error" not in line
+    ours = _log_library_failure(io.StringIO(), "info", "consumer.engine")
+    assert "Traceback" in ours["exception"]
+
+
 def test_configuring_twice_keeps_one_handler() -> None:
     out = io.StringIO()
     configure_logging("info", "json", io.StringIO())
