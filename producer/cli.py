@@ -31,6 +31,7 @@ from rich.progress import (
 )
 from rich.text import Text
 
+from producer.connection import kafka_settings
 from producer.exceptions import InvalidInput, ProducerError
 from producer.publisher import (
     COMPRESSIONS,
@@ -247,7 +248,7 @@ def _publish_items(
 
     publisher = Publisher(
         bootstrap_servers,
-        kafka_config=parse_settings(kafka_config or []),
+        kafka_config=kafka_settings(kafka_config),
         compression=compression,
         linger_ms=linger_ms,
         delivery_timeout_s=timeout_s,
@@ -476,7 +477,7 @@ def create_topic(
             dlq_topic=dlq_topic,
             dlq_partitions=dlq_partitions,
             dlq_retention_ms=dlq_retention_ms,
-            kafka_config=parse_settings(kafka_config or []),
+            kafka_config=kafka_settings(kafka_config),
             timeout_s=timeout_s,
         )
     except ProducerError as exc:
@@ -570,9 +571,7 @@ def redrive(
             dry_run=dry_run,
             timeout_s=timeout_s,
         )
-        redriver = Redriver(
-            bootstrap_servers, options, kafka_config=parse_settings(kafka_config or [])
-        )
+        redriver = Redriver(bootstrap_servers, options, kafka_config=kafka_settings(kafka_config))
         with _stop_on_signals() as stopping, _progress(out, f"redriving {dlq_topic}", None) as bar:
 
             def progress(report: RedriveReport) -> None:

@@ -340,11 +340,10 @@ def test_stopped_broker_fails_clearly_within_deadline() -> None:
             f"127.0.0.1:{port}",
             "--timeout-s",
             "5",
-            "--kafka-config",
-            "sasl.password=hunter2",
             "https://e.com/a.jpg",
             "https://e.com/b.jpg",
         ],
+        env={**os.environ, "IMAGE_EMBEDDER_KAFKA_SASL_PASSWORD": "hunter2"},
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -356,3 +355,49 @@ def test_stopped_broker_fails_clearly_within_deadline() -> None:
     assert proc.stderr.count("not delivered: key=") == 2
     assert "0 of 2 messages" in proc.stderr
     assert "hunter2" not in proc.stderr + proc.stdout
+
+
+def test_a_password_flag_is_refused() -> None:
+    """A secret as a command-line flag (visible in the process list) is refused, unechoed."""
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "producer",
+            "publish",
+            "--topic",
+            "t",
+            "--bootstrap-servers",
+            "127.0.0.1:1",
+            "--kafka-config",
+            "sasl.password=hunter2",
+            "https://e.com/a.jpg",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 1
+    assert "secrets are not accepted as command-line flags" in proc.stderr
+    assert "_FILE" in proc.stderr
+    assert "hunter2" not in proc.stderr + proc.stdout
+
+
+def test_kafka_settings_from_a_password_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The producer reads the consumer's Kafka settings: the password from a mounted file."""
+    from producer.connection import kafka_settings
+
+    secret = tmp_path / "password"
+    secret.write_text("s3cret\n")
+    monkeypatch.setenv("IMAGE_EMBEDDER_KAFKA_SECURITY_PROTOCOL", "SASL_SSL")
+    monkeypatch.setenv("IMAGE_EMBEDDER_KAFKA_SASL_USERNAME", "embedder")
+    monkeypatch.setenv("IMAGE_EMBEDDER_KAFKA_SASL_PASSWORD_FILE", str(secret))
+    conf = kafka_settings(["linger.ms=7"])
+    assert conf["sasl.password"] == "s3cret"
+    assert conf["security.protocol"] == "SASL_SSL"
+    assert conf["linger.ms"] == "7"
+    assert "bootstrap.servers" not in conf
