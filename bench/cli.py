@@ -36,7 +36,7 @@ from bench.layout import (
 )
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-SECTIONS = ("stages", "naive", "e2e", "latency", "memory", "unpinned")
+SECTIONS = ("stages", "naive", "e2e", "latency", "memory", "unpinned", "bound")
 #: Triton setting of the bracketing ceiling when the stage sweep is skipped (one of the
 #: sweep's best points on the reference machine).
 DEFAULT_CEILING = (4, 16)
@@ -56,6 +56,14 @@ SETTINGS_REPORTED = (
 
 def _floats(text: str) -> tuple[float, ...]:
     return tuple(float(x) for x in text.replace(" ", "").split(",") if x)
+
+
+def _names(text: str) -> tuple[str, ...]:
+    names = tuple(x for x in text.replace(" ", "").split(",") if x)
+    unknown = sorted(set(names) - {"file", "http", "s3"})
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(f"sources are file, http and s3, not {text!r}")
+    return names
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -87,6 +95,20 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--partitions", type=int, default=4, help="partitions per topic")
     parser.add_argument(
+        "--photos", type=int, help="photo-sized JPEGs of the consumer-bound set (200; quick 12)"
+    )
+    parser.add_argument(
+        "--bound-messages",
+        type=int,
+        help="messages per source of the consumer-bound section (default 1500; quick 40)",
+    )
+    parser.add_argument(
+        "--bound-sources",
+        type=_names,
+        default=("file", "http", "s3"),
+        help="sources of the consumer-bound section, e.g. file,http (default file,http,s3)",
+    )
+    parser.add_argument(
         "--http", action="store_true", help="serve the images over loopback HTTP, not file://"
     )
     parser.add_argument("--model-cpus", help="CPUs of the model server (default: the first)")
@@ -117,10 +139,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "memory_window_s": 15.0 if quick else 120.0,
         "latency_phase_s": 3.0 if quick else 30.0,
         "ceiling_window_s": 1.0 if quick else 15.0,
+        "photos": 12 if quick else 200,
+        "bound_messages": 40 if quick else 1500,
     }
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
+    if args.photos < 1 or args.bound_messages < 1:
+        parser.error("--photos and --bound-messages must be at least 1")
     if args.naive_messages < 5:
         parser.error("--naive-messages must be at least 5")
     if args.triton_url and not args.triton_url.startswith("grpc://"):
@@ -266,6 +292,7 @@ class _Bench:
             kafka=args.kafka_bootstrap,
             milvus=args.milvus_uri,
             triton=args.triton_url,
+            with_triton=bool(set(SECTIONS) - {"bound"} - set(args.skip)),
         )
         self.endpoints = self.clock.run("servers", self.servers.start)
         ep = self.endpoints
@@ -287,8 +314,15 @@ class _Bench:
         )
 
     # ------------------------------------------------------------------ helpers
-    def topic(self, name: str, records: int | None = None, base_url: str | None = None) -> str:
-        """A fresh topic of this run, with ``records`` backlog messages published to it."""
+    def topic(
+        self,
+        name: str,
+        records: int | None = None,
+        base_url: str | None = None,
+        dataset: Any = None,
+    ) -> str:
+        """A fresh topic of this run, with ``records`` backlog messages of ``dataset`` (default:
+        the run's set) published to it, their URIs under ``base_url`` (default: the run's)."""
         from bench.dataset import backlog
         from bench.kafka_io import create_topic, publish
 
@@ -297,7 +331,8 @@ class _Bench:
         self.topics.append(full)
         if records:
             url = base_url if base_url is not None else self.base_url
-            took = publish(self.endpoints.kafka, full, backlog(self.dataset, records, full, url))
+            records_of = backlog(dataset or self.dataset, records, full, url)
+            took = publish(self.endpoints.kafka, full, records_of)
             print(f"   published {records} messages to {full} in {took:.1f} s", flush=True)
         return full
 
@@ -526,6 +561,33 @@ class _Bench:
         self.results["unpinned"] = self.clock.run("end to end (unpinned)", run)
         _print_run(self.results["unpinned"])
 
+    def bound(self) -> None:
+        """The consumer-bound section (see ``bench.bound``)."""
+        from bench import bound
+        from bench.dataset import build_photo_dataset
+
+        args = self.args
+        photos = self.clock.run(
+            "photo-sized data set",
+            lambda: build_photo_dataset(args.cache_dir, args.photos, args.seed),
+        )
+        plan = bound.plan(self.layout, args.bound_messages, 1 if args.quick else 3)
+        print(f"   {orjson.dumps(photos.summary()).decode()}\n   {plan.note}", flush=True)
+        section = self.clock.run(
+            "consumer-bound (near-free model, photo-sized set)",
+            lambda: bound.run_section(
+                self,
+                dataset=photos,
+                plan_=plan,
+                opts=self.opts,
+                server_pids=self.servers.pids(),
+                work=self.work / "bound",
+                sources=tuple(args.bound_sources),
+            ),
+        )
+        section["cost_model"] = bound.cost_model(section)
+        self.results["consumer_bound"] = section
+
     def sections(self) -> list[tuple[str, Callable[[], None]]]:
         """The sections to run, in order (``--skip`` and the layout leave some out)."""
         chosen = [
@@ -534,6 +596,7 @@ class _Bench:
             ("e2e", self.end_to_end),
             ("latency", self.latency),
             ("memory", self.memory),
+            ("bound", self.bound),
         ]
         if self.layout.pinned:
             chosen.append(("unpinned", self.unpinned))

@@ -11,6 +11,10 @@ TARGETS: dict[str, tuple[str, float, str]] = {
     "e2e_over_naive": ("end to end / naive consumer", 2.0, "min"),
     "peak_rss_large_over_small_backlog": ("peak memory large / small backlog", 1.2, "max"),
     "p99_latency_s_at_50pct_load": ("p99 produce-to-searchable at 50% load (s)", 2.0, "max"),
+    "bound_over_decode_floor": ("consumer-bound file:// / decode floor", 0.85, "min"),
+    "bound_main_thread_ms_per_image": ("consumer-bound main-thread CPU ms/image", 0.3, "max"),
+    "bound_http_over_file": ("consumer-bound http:// / file://", 0.95, "min"),
+    "bound_s3_over_file": ("consumer-bound s3:// / file://", 0.95, "min"),
 }
 
 
@@ -51,7 +55,12 @@ def ratios(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
         (lv for lv in _get(results, "latency", "levels") or [] if lv["load_fraction"] == 0.5),
         None,
     )
+    bound_file = _get(results, "consumer_bound", "sources", "file") or {}
     values = {
+        "bound_over_decode_floor": bound_file.get("over_decode_floor"),
+        "bound_main_thread_ms_per_image": bound_file.get("main_thread_cpu_ms_per_image"),
+        "bound_http_over_file": _get(results, "consumer_bound", "ratios", "http_over_file"),
+        "bound_s3_over_file": _get(results, "consumer_bound", "ratios", "s3_over_file"),
         "e2e_over_triton_ceiling": e2e / ceiling if e2e and ceiling else None,
         "e2e_over_naive": e2e / naive if e2e and naive else None,
         "peak_rss_large_over_small_backlog": large / small if large and small else None,
@@ -330,6 +339,31 @@ def _cost_lines(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _bound_lines(results: dict[str, Any]) -> list[str]:
+    section = results.get("consumer_bound") or {}
+    floor = section.get("decode_floor") or {}
+    if not floor:
+        return []
+    lines = [
+        "",
+        "== consumer-bound: near-free model, photo-sized JPEGs, one consumer core ==",
+        f"  ({(section.get('layout') or {}).get('note')})",
+        f"  {'decode floor':<16} {floor['images_per_s']:>9.1f} images/s  "
+        f"({floor['cpu_ms_per_image']} CPU ms per image, decode alone, one thread)",
+    ]
+    for source, fig in (section.get("sources") or {}).items():
+        threads = ", ".join(
+            f"{k} {v}" for k, v in fig["thread_cpu_ms_per_image"].items() if v >= 0.05
+        )
+        lines.append(
+            f"  {source + '://':<16} {fig['images_per_s']:>9.1f} images/s  "
+            f"({fig['over_decode_floor']}x the floor's rate, "
+            f"{fig['cpu_over_decode_floor']}x its CPU per image; {fig['cpu_ms_per_image']} CPU "
+            f"ms per image: {threads}; others took {fig['core_busy_by_others']} of the core)"
+        )
+    return lines
+
+
 def _ratio_lines(results: dict[str, Any], table: dict[str, dict[str, Any]]) -> list[str]:
     lines = ["", "== ratios =="]
     for entry in table.values():
@@ -363,6 +397,7 @@ def print_summary(results: dict[str, Any], table: dict[str, dict[str, Any]]) -> 
     lines += [_latency_line(level) for level in _get(results, "latency", "levels") or []]
     lines += _memory_lines(results)
     lines += _cost_lines(results)
+    lines += _bound_lines(results)
     lines += _ratio_lines(results, table)
     for text in results.get("findings", []):
         lines.append("")
@@ -374,6 +409,25 @@ def _level_label(level: dict[str, Any]) -> str:
     label = f"{int(level['load_fraction'] * 100)}% = {level['rate_per_s']}/s"
     other = (level.get("machine") or {}).get("other_cores_busy")
     return label + (f"\nother load {other:.2f}" if other is not None else "")
+
+
+def _bound_panel(ax: Any, results: dict[str, Any]) -> None:
+    """Consumer-bound: the decode floor and each source's rate on the one consumer core."""
+    section = results.get("consumer_bound") or {}
+    floor = (section.get("decode_floor") or {}).get("images_per_s")
+    bars = [("decode floor", floor, "#bbbbbb")] if floor else []
+    for source, fig in (section.get("sources") or {}).items():
+        bars.append((f"{source}://", fig["images_per_s"], "#66c2a5"))
+    if bars:
+        ax.bar([b[0] for b in bars], [b[1] for b in bars], color=[b[2] for b in bars])
+        for i, (_name, value, _colour) in enumerate(bars):
+            ratio = f"\n{value / floor:.2f}x" if floor and i else ""
+            ax.text(i, value * 1.01, f"{value:.1f}{ratio}", ha="center", fontsize=9)
+        if floor:
+            ax.axhline(0.85 * floor, color="black", linestyle="--", linewidth=1)
+            ax.text(len(bars) - 0.5, 0.86 * floor, "0.85x floor", fontsize=8, ha="right")
+        ax.set_ylabel("images/s on one consumer core")
+    ax.set_title("Consumer-bound (near-free model, photos)")
 
 
 def chart(results: dict[str, Any], path: Path) -> None:
@@ -405,7 +459,9 @@ def chart(results: dict[str, Any], path: Path) -> None:
         rate = (results.get(key) or {}).get("images_per_s")
         if rate:
             bars.append((name, float(rate), colour))
-    fig, axes = plt.subplots(1, 3, figsize=(16, 5.2), gridspec_kw={"width_ratios": [1.5, 1, 0.7]})
+    fig, axes = plt.subplots(
+        1, 4, figsize=(21, 5.2), gridspec_kw={"width_ratios": [1.5, 1, 0.7, 0.9]}
+    )
     ax = axes[0]
     names = [b[0] for b in bars][::-1]
     values = [b[1] for b in bars][::-1]
@@ -457,6 +513,7 @@ def chart(results: dict[str, Any], path: Path) -> None:
             ax.text(i, m[1] * 1.01, f"{m[1]:.0f}", ha="center", fontsize=9)
         ax.set_ylabel("MiB")
     ax.set_title("Consumer peak RSS")
+    _bound_panel(axes[3], results)
     machine = results.get("machine", {})
     layout = results.get("layout", {})
     where = (

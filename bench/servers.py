@@ -90,8 +90,11 @@ class BenchServers:
         kafka: str | None = None,
         milvus: str | None = None,
         triton: str | None = None,
+        with_triton: bool = True,
     ) -> None:
+        """``with_triton=False``: no reference model server (a run that needs none)."""
         self.work_dir = work_dir
+        self.with_triton = with_triton
         self._external = {"kafka": kafka, "milvus": milvus, "triton": triton}
         self._cpus = {"kafka": kafka_cpus, "milvus": milvus_cpus, "triton": triton_cpus}
         self.servers: dict[str, ServerProcess] = {}
@@ -132,7 +135,7 @@ class BenchServers:
         threads = [
             threading.Thread(target=up, args=(name,), name=f"start-{name}", daemon=True)
             for name in ("kafka", "milvus", "triton")
-            if not self._external[name]
+            if not self._external[name] and (name != "triton" or self.with_triton)
         ]
         for thread in threads:
             thread.start()
@@ -146,8 +149,8 @@ class BenchServers:
     def endpoints(self) -> Endpoints:
         kafka = self._external["kafka"] or self.servers["kafka"].address
         milvus = self._external["milvus"] or self.servers["milvus"].address
-        triton = self._external["triton"]
-        if not triton:
+        triton = self._external["triton"] or ""
+        if not triton and "triton" in self.servers:
             server = self.servers["triton"]
             assert isinstance(server, TritonServer)
             triton = server.grpc_url

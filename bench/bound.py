@@ -1,0 +1,387 @@
+"""The consumer-bound section: what one consumer core costs per image when the model is free.
+
+Triton serves the benchmark-only near-free model (``python -m serving --bench-model near-free``:
+the reference contract at microseconds per image), so the consumer is the bottleneck. The data
+set is photo-sized (JPEGs, long side 1600-4000 px, ``bench.dataset.build_photo_dataset``). The
+consumer runs on one core of its own (``taskset``); every other process of the run (Kafka,
+Milvus, Triton, the image servers and this harness) is moved to the other CPUs for the section.
+
+Measured, in one run and on the same core:
+
+- the decode floor (``bench.floor``): decoding the same files alone at the consumer's reduced
+  size, one thread, just before and just after the consumer runs (the mean is the floor);
+- per source (``file://``, ``http://`` from a loopback HTTP server, ``s3://`` from a loopback
+  MinIO): the consumer's images/s on its core, its CPU ms per image in total and per thread group
+  (main thread vs the pools), the time its stages took per image, peak memory, the ratio to the
+  floor, and the ratios of ``http://`` and ``s3://`` to ``file://``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Protocol
+
+import orjson
+import psutil
+
+from bench.dataset import Dataset
+from bench.exceptions import BenchFatalError
+from bench.layout import CpuLayout, cpu_list, parse_cpu_list
+
+SOURCES = ("file", "http", "s3")
+BUCKET = "bench-photos"
+#: The harness's thread group names of the consumer's threads (see ``bench.e2e.thread_groups``).
+MAIN_THREAD = "main thread"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Context(Protocol):
+    """What the section needs from the run (``bench.cli``)."""
+
+    def topic(
+        self,
+        name: str,
+        records: int | None = None,
+        base_url: str | None = None,
+        dataset: Dataset | None = None,
+    ) -> str: ...
+
+    def collection(self, name: str) -> str: ...
+
+    def release(self, name: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Where the section runs and how much it does."""
+
+    core: str | None  # the consumer's core (None: unpinned)
+    others: str | None  # every other CPU of the run
+    messages: int
+    floor_rounds: int
+    note: str
+
+
+def plan(layout: CpuLayout, messages: int, floor_rounds: int) -> Plan:
+    """The consumer on the last of the consumer's CPUs; everything else on the rest."""
+    if not layout.pinned or not layout.consumer_cpus:
+        return Plan(None, None, messages, floor_rounds, "unpinned: no CPU of its own")
+    core = max(parse_cpu_list(layout.consumer_cpus))
+    others = parse_cpu_list(layout.available) - {core}
+    return Plan(
+        str(core),
+        cpu_list(others),
+        messages,
+        floor_rounds,
+        f"consumer alone on CPU {core}; servers and harness on CPU {cpu_list(others)}",
+    )
+
+
+# ---------------------------------------------------------------------------- pinning
+def _tasks(pid: int) -> list[int]:
+    try:
+        return [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+    except OSError:
+        return []
+
+
+@contextlib.contextmanager
+def moved_to(cpus: str | None) -> Iterator[list[int]]:
+    """This process and every process it started (all their threads) on ``cpus``; restored on
+    exit. Yields the pids moved. Processes started inside inherit ``cpus`` unless pinned."""
+    if not cpus:
+        yield []
+        return
+    target = parse_cpu_list(cpus)
+    me = psutil.Process()
+    procs = [me, *me.children(recursive=True)]
+    previous: dict[int, set[int]] = {}
+    for proc in procs:
+        for tid in _tasks(proc.pid):
+            with contextlib.suppress(OSError):
+                previous[tid] = os.sched_getaffinity(tid)
+                os.sched_setaffinity(tid, target)
+    try:
+        yield [p.pid for p in procs]
+    finally:
+        for tid, cpus_before in previous.items():
+            with contextlib.suppress(OSError):  # a thread that ended meanwhile
+                os.sched_setaffinity(tid, cpus_before)
+
+
+# ---------------------------------------------------------------------------- the floor
+def decode_floor(dataset: Dataset, core: str | None, rounds: int) -> dict[str, Any]:
+    """``python -m bench.floor`` on the consumer's core: decode alone, one thread."""
+    cmd = [sys.executable, "-m", "bench.floor", str(dataset.folder), "--rounds", str(rounds)]
+    if core:
+        cmd = ["taskset", "-c", core, *cmd]
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, cwd=REPO_ROOT, timeout=600, check=False
+    )
+    if proc.returncode != 0:
+        raise BenchFatalError(f"the decode floor failed: {proc.stderr.strip()[-2000:]}")
+    result: dict[str, Any] = orjson.loads(proc.stdout.strip().splitlines()[-1])
+    return result
+
+
+# ---------------------------------------------------------------------------- sources
+class Sources:
+    """The loopback servers the photo set is read from: HTTP and MinIO (S3), on ``cpus``."""
+
+    def __init__(self, dataset: Dataset, work: Path, cpus: str | None) -> None:
+        self.dataset = dataset
+        self.work = work
+        self.cpus = cpus
+        self.http: Any = None
+        self.minio: Any = None
+
+    def start(self, which: tuple[str, ...]) -> None:
+        from bench.servers import ImageHttpServer
+        from devstack import free_port
+
+        if "http" in which:
+            self.http = ImageHttpServer(
+                self.dataset.folder, self.work / "logs" / "photos-http.log", free_port(), self.cpus
+            )
+            self.http.start()
+        if "s3" in which:
+            from devstack.minio import MinioServer
+
+            self.minio = MinioServer(
+                self.work / "minio", self.work / "logs" / "minio.log", free_port(), cpus=self.cpus
+            )
+            self.minio.start()
+            self._upload()
+
+    def _s3_env(self) -> dict[str, str]:
+        return {
+            "AWS_ACCESS_KEY_ID": self.minio.root_user,
+            "AWS_SECRET_ACCESS_KEY": self.minio.root_password,
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_EC2_METADATA_DISABLED": "true",
+        }
+
+    def _upload(self) -> None:
+        import botocore.session
+
+        env = self._s3_env()
+        client = botocore.session.Session().create_client(
+            "s3",
+            endpoint_url=self.minio.endpoint,
+            region_name=env["AWS_DEFAULT_REGION"],
+            aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+        )
+        client.create_bucket(Bucket=BUCKET)
+        for item in self.dataset.files:
+            body = (self.dataset.folder / item.name).read_bytes()
+            client.put_object(Bucket=BUCKET, Key=f"photos/{item.name}", Body=body)
+
+    def base_url(self, source: str) -> str | None:
+        if source == "http":
+            return str(self.http.base_url)
+        if source == "s3":
+            return f"s3://{BUCKET}/photos"
+        return None
+
+    def consumer_args(self, source: str) -> tuple[tuple[str, ...], dict[str, str]]:
+        """Extra consumer flags and environment for ``source``."""
+        if source == "s3":
+            flags = ("--s3-endpoint-url", self.minio.endpoint, "--allowed-bucket", BUCKET)
+            return flags, self._s3_env()
+        return (), {}
+
+    def pids(self) -> dict[str, int]:
+        out = {}
+        for name, server in (("http", self.http), ("minio", self.minio)):
+            if server is not None and server.pid is not None:
+                out[name] = server.pid
+        return out
+
+    def stop(self) -> None:
+        for server in (self.http, self.minio):
+            if server is not None:
+                server.stop(timeout_s=20.0)
+
+
+def start_model(work: Path, cpus: str | None) -> Any:
+    """Triton with the near-free model on ``cpus``."""
+    from devstack import TritonServer, free_port
+
+    server = TritonServer(
+        work / "logs" / "triton-near-free.log",
+        http_port=free_port(),
+        grpc_port=free_port(),
+        metrics_port=free_port(),
+        cpus=cpus,
+        extra_args=("--bench-model", "near-free"),
+    )
+    server.start()
+    return server
+
+
+# ---------------------------------------------------------------------------- one run
+def summarize(
+    run: dict[str, Any], floor: dict[str, Any], core: str | None = None
+) -> dict[str, Any]:
+    """The section's figures of one consumer run (``bench.e2e.run_backlog``'s result).
+
+    ``over_decode_floor`` compares rates on the core; ``cpu_over_decode_floor`` compares CPU per
+    image (the floor's over the consumer's), which holds even when other processes of the machine
+    take a share of that core (``core_busy_by_others``)."""
+    floor_per_s = floor.get("images_per_s")
+    floor_cpu = floor.get("cpu_ms_per_image")
+    threads = {
+        group: round(1000 * s, 3) for group, s in (run.get("thread_cpu_s_per_image") or {}).items()
+    }
+    stages = {stage: v["ms_per_image"] for stage, v in (run.get("stage_profile") or {}).items()}
+    rate = run["images_per_s"]
+    cpu_ms = round(1000 * run["cpu_s_per_image"], 3)
+    busy = ((run.get("machine") or {}).get("cpu_busy") or {}).get(core or "")
+    others = None
+    if busy is not None and run.get("cpu_cores_busy") is not None:
+        others = round(max(0.0, busy - run["cpu_cores_busy"]), 3)
+    return {
+        "images_per_s": rate,
+        "over_decode_floor": round(rate / floor_per_s, 3) if floor_per_s else None,
+        "cpu_ms_per_image": cpu_ms,
+        "images_per_cpu_s": round(1000 / cpu_ms, 2) if cpu_ms else None,
+        "cpu_over_decode_floor": round(floor_cpu / cpu_ms, 3) if floor_cpu and cpu_ms else None,
+        "core_busy_by_others": others,
+        "cpu_cores_busy": run.get("cpu_cores_busy"),
+        "main_thread_cpu_ms_per_image": threads.get(MAIN_THREAD),
+        "thread_cpu_ms_per_image": threads,
+        "stage_ms_per_image": stages,
+        "peak_rss_mib": run.get("peak_rss_mib"),
+        "measured_images": run.get("measured_images"),
+        "window": run.get("window"),
+        "ingested": run.get("ingested"),
+        "dead_lettered": run.get("dead_lettered"),
+        "server_cores_busy": run.get("server_cores_busy"),
+        "machine": run.get("machine"),
+    }
+
+
+def run_section(
+    ctx: Context,
+    *,
+    dataset: Dataset,
+    plan_: Plan,
+    opts: Any,
+    server_pids: dict[str, int],
+    work: Path,
+    sources: tuple[str, ...] = SOURCES,
+) -> dict[str, Any]:
+    """The section: floor, the consumer per source, floor again; the figures and ratios."""
+    from bench import e2e
+
+    out: dict[str, Any] = {
+        "layout": {"consumer_cpu": plan_.core, "other_cpus": plan_.others, "note": plan_.note},
+        "model": "near-free (benchmark-only, serving/nearfree.py)",
+        "dataset": dataset.summary(),
+        "messages_per_source": plan_.messages,
+    }
+    runs: dict[str, dict[str, Any]] = {}
+    with moved_to(plan_.others) as moved:
+        out["layout"]["processes_moved"] = len(moved)
+        model = start_model(work, plan_.others)
+        feeds = Sources(dataset, work, plan_.others)
+        try:
+            feeds.start(sources)
+            endpoints = replace(opts.endpoints, triton=model.grpc_url)
+            pids = {**server_pids, "triton_near_free": model.pid, **feeds.pids()}
+            before = decode_floor(dataset, plan_.core, plan_.floor_rounds)
+            for source in sources:
+                flags, env = feeds.consumer_args(source)
+                source_opts = replace(
+                    opts,
+                    endpoints=endpoints,
+                    file_root=dataset.folder,
+                    http=source == "http",
+                    extra_args=(*opts.extra_args, *flags),
+                )
+                name = f"bound-{source}"
+                topic = ctx.topic(name, plan_.messages, feeds.base_url(source) or "", dataset)
+                target = ctx.collection(name.replace("-", "_"))
+                proc = e2e.ConsumerProcess(
+                    source_opts, name=name, topic=topic, collection=target, cpus=plan_.core
+                )
+                proc.env.update(env)
+                try:
+                    runs[source] = e2e.run_backlog(proc, messages=plan_.messages, server_pids=pids)
+                finally:
+                    ctx.release(target)
+                print(f"   {source}: {runs[source]['images_per_s']} images/s", flush=True)
+            after = decode_floor(dataset, plan_.core, plan_.floor_rounds)
+        finally:
+            feeds.stop()
+            model.stop(timeout_s=20.0)
+    floor = round((before["images_per_s"] + after["images_per_s"]) / 2, 2)
+    out["decode_floor"] = {
+        "images_per_s": floor,
+        "cpu_ms_per_image": round((before["cpu_ms_per_image"] + after["cpu_ms_per_image"]) / 2, 3),
+        "before": before,
+        "after": after,
+    }
+    out["sources"] = {
+        source: summarize(run, out["decode_floor"], plan_.core) for source, run in runs.items()
+    }
+    out["ratios"] = ratios(out["sources"])
+    return out
+
+
+def ratios(sources: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """``http_over_file`` and ``s3_over_file`` (images/s on the one core), where measured."""
+    base = (sources.get("file") or {}).get("images_per_s")
+    out = {}
+    for source in ("http", "s3"):
+        rate = (sources.get(source) or {}).get("images_per_s")
+        if base and rate:
+            out[f"{source}_over_file"] = round(rate / base, 3)
+    return out
+
+
+def cost_model(
+    section: dict[str, Any], model_rates: tuple[int, ...] = (1000, 5000, 20000)
+) -> dict[str, Any] | None:
+    """Consumer cores, memory, partitions and fetch bandwidth per GPU at ``model_rates``.
+
+    From the measured ``file://`` figures (and ``s3://`` for the object-storage case): one
+    consumer process per core (its rate per core), its peak memory each, at least one partition
+    per process; one process tops out where its main thread is busy all the time
+    (1000 / main-thread ms per image).
+    """
+    bytes_kib = (section.get("dataset") or {}).get("file_kib", {}).get("mean")
+    out: dict[str, Any] = {"mean_image_kib": bytes_kib, "per_source": {}}
+    for source, figures in (section.get("sources") or {}).items():
+        per_core = figures.get("images_per_s")
+        if not per_core:
+            continue
+        main_ms = figures.get("main_thread_cpu_ms_per_image")
+        rss = figures.get("peak_rss_mib") or 0.0
+        rows = []
+        for rate in model_rates:
+            cores = -(-rate // per_core)
+            rows.append(
+                {
+                    "model_images_per_s": rate,
+                    "consumer_cores": int(cores),
+                    "memory_gib": round(cores * rss / 1024, 1),
+                    "partitions_at_least": int(cores),
+                    "fetch_mbit_per_s": round(rate * (bytes_kib or 0) * 1024 * 8 / 1e6)
+                    if bytes_kib
+                    else None,
+                }
+            )
+        out["per_source"][source] = {
+            "images_per_s_per_core": per_core,
+            "process_main_thread_limit_images_per_s": round(1000 / main_ms, 1) if main_ms else None,
+            "at": rows,
+        }
+    return out if out["per_source"] else None
