@@ -42,6 +42,25 @@ STAGE_BUCKETS_SECONDS: Final = (
     10.0,
     30.0,
 )
+#: End-to-end (freshness) buckets, 50 ms to a day: live records land in the first ones, a replay's
+#: or a backfill's (in their own series) in the last.
+END_TO_END_BUCKETS_SECONDS: Final = (
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.0,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    300.0,
+    900.0,
+    3600.0,
+    21600.0,
+    86400.0,
+)
 #: Micro-batch size buckets, in messages.
 BATCH_SIZE_BUCKETS: Final = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
@@ -65,6 +84,13 @@ class Stage(StrEnum):
     NORMALIZE = "normalize"
     WRITE = "write"
     COMMIT = "commit"
+
+
+class EndToEndKind(StrEnum):
+    """What acknowledged a record, for the end-to-end histogram."""
+
+    WRITTEN = "written"  # its row upserted (or deleted) and acknowledged by Milvus
+    DEAD_LETTERED = "dead_lettered"  # its dead-letter record acknowledged by the topic
 
 
 class RetryOperation(StrEnum):
@@ -122,6 +148,14 @@ class Metrics:
             "Duration of one pipeline stage for one micro-batch or message, in seconds.",
             ["stage"],
             buckets=STAGE_BUCKETS_SECONDS,
+            registry=r,
+        )
+        self.end_to_end_seconds = Histogram(
+            f"{PREFIX}_end_to_end_seconds",
+            "From a record's Kafka timestamp to its acknowledgement (Milvus row or dead letter), "
+            'in seconds; live="false" for bounded runs (backfills, replays) and redriven records.',
+            ["kind", "live"],
+            buckets=END_TO_END_BUCKETS_SECONDS,
             registry=r,
         )
         self.batch_size = Histogram(
@@ -188,6 +222,9 @@ class Metrics:
             self.stage_duration_seconds.labels(stage=stage.value)
         for operation in RetryOperation:
             self.retries_total.labels(operation=operation.value)
+        for kind in EndToEndKind:
+            for live in ("true", "false"):
+                self.end_to_end_seconds.labels(kind=kind.value, live=live)
         self._lag_series: set[tuple[str, str]] = set()
         self._last_tick_monotonic: float | None = None
 
@@ -232,6 +269,19 @@ class Metrics:
             yield
         finally:
             child.observe(time.perf_counter() - start)
+
+    def observe_end_to_end(self, seconds: float, *, kind: EndToEndKind | str, live: bool) -> None:
+        """Record one acknowledged record's age: now minus its Kafka timestamp, in seconds.
+
+        ``kind``: ``written`` (Milvus acknowledged its row) or ``dead_lettered``. ``live`` is False
+        for a bounded run (``--until-end``, ``--until``, ``--from``, backfill workers) and for a
+        redriven record (``redrive.count`` > 0), so that days-old ages never reach the live
+        series the freshness alert watches. A negative age (the producer's clock ahead of ours)
+        counts as 0.
+        """
+        self.end_to_end_seconds.labels(
+            kind=_checked(kind, EndToEndKind), live="true" if live else "false"
+        ).observe(max(0.0, seconds))
 
     def observe_batch_size(self, messages: int) -> None:
         """Record the size of one consumed micro-batch."""

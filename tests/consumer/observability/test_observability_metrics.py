@@ -12,7 +12,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from consumer.observability.exceptions import InvalidLabelError
 from consumer.observability.metrics import (
+    END_TO_END_BUCKETS_SECONDS,
     STAGE_BUCKETS_SECONDS,
+    EndToEndKind,
     Metrics,
     Outcome,
     RetryOperation,
@@ -26,6 +28,7 @@ EXPECTED = {
     "image_embedder_dead_letters": ("counter", {"error_type"}),
     "image_embedder_stage_duration_seconds": ("histogram", {"stage"}),
     "image_embedder_batch_size": ("histogram", set()),
+    "image_embedder_end_to_end_seconds": ("histogram", {"kind", "live"}),
     "image_embedder_rows_in_flight": ("gauge", set()),
     "image_embedder_paused_partitions": ("gauge", set()),
     "image_embedder_consumer_lag": ("gauge", {"topic", "partition"}),
@@ -49,6 +52,7 @@ def exercise(metrics: Metrics) -> None:
     metrics.record_dead_letter(ErrorType.NOT_FOUND)
     metrics.observe_stage(Stage.INFER, 0.02)
     metrics.observe_batch_size(32)
+    metrics.observe_end_to_end(0.4, kind=EndToEndKind.WRITTEN, live=True)
     metrics.set_rows_in_flight(12)
     metrics.set_paused_partitions(1)
     metrics.set_uncommitted("images", 0, 7)
@@ -165,6 +169,35 @@ def test_stage_histogram_spans_1ms_to_30s(metrics: Metrics) -> None:
             "image_embedder_stage_duration_seconds_count", {"stage": stage.value}
         )
         assert count == (2 if stage is Stage.FETCH else 0)
+
+
+def test_end_to_end_keeps_bounded_and_redriven_ages_out_of_the_live_series(
+    metrics: Metrics,
+) -> None:
+    assert END_TO_END_BUCKETS_SECONDS[0] == 0.05 and END_TO_END_BUCKETS_SECONDS[-1] == 86400.0
+    name = "image_embedder_end_to_end_seconds"
+    registry = metrics.registry
+    for kind in EndToEndKind:  # every series exists from the start, at zero
+        for live in ("true", "false"):
+            labels = {"kind": kind.value, "live": live}
+            assert registry.get_sample_value(f"{name}_count", labels) == 0
+    metrics.observe_end_to_end(0.3, kind="written", live=True)
+    metrics.observe_end_to_end(-2.0, kind=EndToEndKind.WRITTEN, live=True)  # clock skew
+    metrics.observe_end_to_end(3 * 86400.0, kind="written", live=False)  # a replay's record
+    metrics.observe_end_to_end(1.5, kind="dead_lettered", live=True)
+    live = {"kind": "written", "live": "true"}
+    assert registry.get_sample_value(f"{name}_count", live) == 2
+    assert registry.get_sample_value(f"{name}_sum", live) == pytest.approx(0.3)
+    assert registry.get_sample_value(f"{name}_bucket", {**live, "le": "0.05"}) == 1
+    assert registry.get_sample_value(f"{name}_bucket", {**live, "le": "0.5"}) == 2
+    bounded = {"kind": "written", "live": "false"}
+    assert registry.get_sample_value(f"{name}_bucket", {**bounded, "le": "86400.0"}) == 0
+    assert registry.get_sample_value(f"{name}_bucket", {**bounded, "le": "+Inf"}) == 1
+    dead = {"kind": "dead_lettered", "live": "true"}
+    assert registry.get_sample_value(f"{name}_bucket", {**dead, "le": "2.0"}) == 1
+    assert registry.get_sample_value(f"{name}_bucket", {**dead, "le": "1.0"}) == 0
+    with pytest.raises(InvalidLabelError):
+        metrics.observe_end_to_end(1.0, kind="ingested", live=True)
 
 
 def test_time_stage_records_even_when_the_block_raises(metrics: Metrics) -> None:
