@@ -80,11 +80,11 @@ class Scenario:
         """Create the ACLs of the consumer's principal (only those asked for)."""
         bindings = []
         if topic_read:
-            bindings.append(_acl(ResourceType.TOPIC, self.topic, AclOperation.READ))
+            bindings.append(acl(ResourceType.TOPIC, self.topic, AclOperation.READ))
         if group_read:
-            bindings.append(_acl(ResourceType.GROUP, self.group, AclOperation.READ))
+            bindings.append(acl(ResourceType.GROUP, self.group, AclOperation.READ))
         if dlq_write:
-            bindings.append(_acl(ResourceType.TOPIC, self.dlq, AclOperation.WRITE))
+            bindings.append(acl(ResourceType.TOPIC, self.dlq, AclOperation.WRITE))
         if bindings:
             admin = self.admin()  # kept alive until the futures are done
             for future in admin.create_acls(bindings).values():
@@ -146,7 +146,7 @@ class Scenario:
         return env
 
 
-def _acl(kind: ResourceType, name: str, op: AclOperation) -> AclBinding:
+def acl(kind: ResourceType, name: str, op: AclOperation) -> AclBinding:
     return AclBinding(
         kind, name, ResourcePatternType.LITERAL, PRINCIPAL, "*", op, AclPermissionType.ALLOW
     )
