@@ -481,19 +481,24 @@ def run_checks(s: Settings) -> list[tuple[str, bool, str]]:
     """Each check as (name, passed, detail): broker, topic, Triton model, Milvus collection."""
     from confluent_kafka.admin import AdminClient
 
+    from consumer import preflight
     from consumer.engine.wiring import collection_contract, triton_endpoint
     from consumer.inference import read_model_spec
     from consumer.sink import MilvusCollection, collection_name
 
     results: list[tuple[str, bool, str]] = []
     topics: dict[str, Any] | None = None
+    refused = preflight.check_connection(s, timeout_s=10)  # authentication, TLS: the cause
     try:
+        if refused is not None:
+            raise RuntimeError(refused)
         admin = AdminClient(s.kafka_common())
         meta = admin.list_topics(timeout=10)
         topics = meta.topics
         results.append(("kafka", True, f"{len(meta.brokers)} broker(s) at {s.bootstrap_servers}"))
     except Exception as exc:
-        results.append(("kafka", False, f"broker at {s.bootstrap_servers} unreachable: {exc}"))
+        detail = refused or f"broker at {s.bootstrap_servers} unreachable: {exc}"
+        results.append(("kafka", False, detail))
     if s.topic:
         if topics is None:
             results.append(("topic", False, "unknown: the broker is unreachable"))
@@ -501,7 +506,9 @@ def run_checks(s: Settings) -> list[tuple[str, bool, str]]:
             parts = len(topics[s.topic].partitions)
             results.append(("topic", True, f"{s.topic} has {parts} partition(s)"))
         else:
-            results.append(("topic", False, f"topic {s.topic!r} does not exist"))
+            results.append(("topic", False, f"topic {s.topic!r} does not exist or is not visible"))
+        if topics is not None:  # each ACL the consumer needs, separately
+            results.extend(preflight.acl_checks(admin, s))
     spec = None
     try:
         spec = read_model_spec(triton_endpoint(s), s.model, s.model_version, s.output)
