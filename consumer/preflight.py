@@ -129,6 +129,8 @@ def _principal(s: Settings) -> str:
     conf = s.kafka_common()
     if conf.get("sasl.username"):
         return f"User:{conf['sasl.username']}"
+    if conf.get("sasl.oauthbearer.client.id"):  # the token's subject, as a rule
+        return f"User:{conf['sasl.oauthbearer.client.id']}"
     cert = conf.get("ssl.certificate.location")
     if cert:
         try:

@@ -95,6 +95,9 @@ class Settings(BaseSettings):
     kafka_ssl_certificate_location: str | None = None
     kafka_ssl_key_location: str | None = None
     kafka_ssl_key_password: SecretStr | None = None
+    kafka_oauth_client_secret: SecretStr | None = Field(
+        default=None, description="sasl.oauthbearer.client.secret of the OIDC method"
+    )
     kafka_oauth_cb: str | None = Field(
         default=None,
         description="module:function returning (token, expiry) for SASL/OAUTHBEARER (e.g. MSK IAM)",
@@ -346,6 +349,7 @@ class Settings(BaseSettings):
             "ssl.certificate.location": self.kafka_ssl_certificate_location,
             "ssl.key.location": self.kafka_ssl_key_location,
             "ssl.key.password": _reveal(self.kafka_ssl_key_password),
+            "sasl.oauthbearer.client.secret": _reveal(self.kafka_oauth_client_secret),
         }
         conf.update({k: v for k, v in named.items() if v is not None})
         conf.update(self.kafka_config)

@@ -5,7 +5,9 @@ grants), and the consumer and producer CLIs run with their credentials in files.
 
 from __future__ import annotations
 
+import json
 import os
+import secrets
 import subprocess
 import sys
 import time
@@ -28,6 +30,7 @@ from confluent_kafka.admin import (
 
 from devstack import free_port
 from devstack.kafka import fetch_kafka
+from devstack.oidc import TokenServer
 from devstack.securekafka import SecureKafkaServer
 from tests.conftest import _STARTED
 
@@ -38,8 +41,18 @@ ENV = "IMAGE_EMBEDDER_"
 
 
 @pytest.fixture(scope="session")
-def secure_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureKafkaServer]:
-    """A secured Kafka of the session (SASL_SSL, mTLS, a wrong-hostname listener, ACLs)."""
+def oidc() -> Iterator[TokenServer]:
+    """The OpenID Connect token endpoint of the session; its client ``embedder``."""
+    with TokenServer({"embedder": f"client-{secrets.token_urlsafe(12)}"}) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def secure_kafka(
+    tmp_path_factory: pytest.TempPathFactory, oidc: TokenServer
+) -> Iterator[SecureKafkaServer]:
+    """A secured Kafka of the session (SASL_SSL with SCRAM, PLAIN and OAUTHBEARER/OIDC, mTLS,
+    a wrong-hostname listener, the StandardAuthorizer)."""
     fetch_kafka()
     folder = tmp_path_factory.mktemp("secure-kafka")
     server = SecureKafkaServer(
@@ -50,6 +63,8 @@ def secure_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureKaf
         mtls_port=free_port(),
         badhost_port=free_port(),
         internal_port=free_port(),
+        jwks_url=oidc.jwks_url,
+        oauth_issuer=oidc.issuer,
     )
     _STARTED.append(server)
     server.start()
@@ -64,6 +79,7 @@ class Scenario:
     """One test's topic, dead-letter topic and group on the secured broker, and its ACLs."""
 
     server: SecureKafkaServer
+    oidc: TokenServer
     topic: str
     group: str
     folder: Path
@@ -133,6 +149,26 @@ class Scenario:
             )
             self.secrets.append(cert.key.read_text().splitlines()[1])
             return env
+        if mechanism == "OAUTHBEARER":
+            secret = password if password is not None else self.oidc.clients["embedder"]
+            oauth = {
+                "sasl.oauthbearer.method": "oidc",
+                "sasl.oauthbearer.client.id": "embedder",
+                "sasl.oauthbearer.token.endpoint.url": self.oidc.token_url,
+                "sasl.oauthbearer.scope": "kafka",
+            }
+            env.update(
+                {
+                    "KAFKA_BOOTSTRAP_SERVERS": bootstrap or server.bootstrap_servers,
+                    ENV + "KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+                    ENV + "KAFKA_SASL_MECHANISM": "OAUTHBEARER",
+                    ENV + "KAFKA_CONFIG": json.dumps(oauth),
+                    ENV + "KAFKA_OAUTH_CLIENT_SECRET_FILE": str(
+                        self.secret_file("oauth-client-secret", secret)
+                    ),
+                }
+            )
+            return env
         secret = password if password is not None else server.passwords["embedder"]
         env.update(
             {
@@ -159,14 +195,14 @@ def _wait_acls_visible() -> None:
 
 @pytest.fixture
 def scenario(
-    secure_kafka: SecureKafkaServer, unique_name: str, tmp_path: Path
+    secure_kafka: SecureKafkaServer, oidc: TokenServer, unique_name: str, tmp_path: Path
 ) -> Iterator[Scenario]:
     """Topic (2 partitions) and dead-letter topic made by the admin; no ACL granted yet."""
     admin = AdminClient(secure_kafka.admin_config())
     topics = [NewTopic(unique_name, 2, 1), NewTopic(f"{unique_name}.dlq", 1, 1)]
     for future in admin.create_topics(topics).values():
         future.result(30)
-    yield Scenario(secure_kafka, unique_name, f"{unique_name}-group", tmp_path)
+    yield Scenario(secure_kafka, oidc, unique_name, f"{unique_name}-group", tmp_path)
 
 
 @dataclass

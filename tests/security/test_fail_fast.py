@@ -56,6 +56,21 @@ def test_wrong_password_plain(scenario: Scenario) -> None:
     assert "not-the-password" not in run.output
 
 
+def test_wrong_oauth_client_secret(scenario: Scenario) -> None:
+    scenario.grant()
+    run = _run(scenario, scenario.client_env("OAUTHBEARER", password="not-the-secret"))
+    line = _assert_fails_fast(run, "Kafka authentication failed", "OAUTHBEARER")
+    assert "invalid_client" in line
+    assert "not-the-secret" not in run.output
+
+
+def test_missing_acl_over_oauthbearer(scenario: Scenario) -> None:
+    scenario.grant(dlq_write=False)
+    run = _run(scenario, scenario.client_env("OAUTHBEARER"))
+    line = _assert_fails_fast(run, "Kafka ACL missing", "User:embedder")
+    assert f"WRITE the topic {scenario.dlq!r}" in line
+
+
 def test_untrusted_ca(scenario: Scenario) -> None:
     scenario.grant()
     env = scenario.client_env(ca_file=scenario.server.untrusted_ca_file)

@@ -54,7 +54,9 @@ def _dead_letters(sc: Scenario, expected: int) -> list:
     return found
 
 
-@pytest.mark.parametrize("mechanism", ["SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN", "MTLS"])
+@pytest.mark.parametrize(
+    "mechanism", ["SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN", "OAUTHBEARER", "MTLS"]
+)
 def test_ingests_and_dead_letters(
     mechanism: str, scenario: Scenario, run_secured_consumer, milvus_uri: str, tmp_path: Path
 ) -> None:
