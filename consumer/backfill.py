@@ -81,7 +81,7 @@ def active_members(s: Settings) -> int:
 
 
 def _commits(consumer: Any, topic: str, partitions: list[int]) -> list[TopicPartition]:
-    return list(consumer.committed([TopicPartition(topic, p) for p in partitions], timeout=10))
+    return bp.committed_offsets(consumer, topic, partitions)
 
 
 def make_plan(s: Settings, *, replace: bool = False, now: datetime | None = None) -> PlanResult:

@@ -564,12 +564,14 @@ def backfill_plan(
         kafka_config=kafka_config,
         log_level=log_level or "WARNING",
     )
+    from confluent_kafka import KafkaException
+
     from consumer.backfill import make_plan
     from consumer.engine import EngineFatalError
 
     try:
         result = make_plan(s, replace=replace)
-    except EngineFatalError as exc:
+    except (EngineFatalError, KafkaException) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(EXIT_FATAL) from exc
     if json_out:
@@ -634,12 +636,14 @@ def backfill_status(
         kafka_config=kafka_config,
         log_level=log_level or "WARNING",
     )
+    from confluent_kafka import KafkaException
+
     from consumer.backfill import status
     from consumer.engine import EngineFatalError
 
     try:
         st = status(s, interval)
-    except EngineFatalError as exc:
+    except (EngineFatalError, KafkaException) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(EXIT_FATAL) from exc
     d = st.to_dict()

@@ -16,17 +16,20 @@ offsets replaced by a new run) are a clear error, never a silent restart.
 from __future__ import annotations
 
 import hashlib
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import orjson
-from confluent_kafka import TopicPartition
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from consumer.engine.exceptions import EngineFatalError
 from consumer.settings import Settings, StartPosition, parse_start
 
 FORMAT: Final = 1
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,7 +223,7 @@ def prepare(consumer: Any, s: Settings, now: datetime | None = None) -> tuple[Pl
     before ``subscribe`` (the plan is committed outside any group generation)."""
     topic = s.topic or ""
     partitions = partitions_of(consumer, topic)
-    committed = consumer.committed([TopicPartition(topic, p) for p in partitions], timeout=10)
+    committed = committed_offsets(consumer, topic, partitions)
     if s.backfill_worker:
         return found(s.group or "", topic, partitions, committed), False
     spec = PlanSpec.of(s)
@@ -237,15 +240,48 @@ def commit_plan(consumer: Any, topic: str, plan: Plan) -> None:
     offsets = [
         TopicPartition(topic, p, plan.starts[p], metadata=plan.metadata(p)) for p in plan.ends
     ]
-    result = consumer.commit(offsets=offsets, asynchronous=False)
+    result = _retrying(lambda: consumer.commit(offsets=offsets, asynchronous=False))
     failed = [tp for tp in result or [] if tp.error is not None]
     if failed:
         raise EngineFatalError(f"could not commit the backfill plan: {failed[0].error}")
 
 
+#: Errors of a group coordinator that is moving or starting: asked again, not reported.
+_TRANSIENT: Final = frozenset(
+    {
+        KafkaError.NOT_COORDINATOR,
+        KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+        KafkaError.COORDINATOR_NOT_AVAILABLE,
+        KafkaError.REQUEST_TIMED_OUT,
+        KafkaError._TIMED_OUT,  # noqa: SLF001 - librdkafka: a local time-out
+        KafkaError._TRANSPORT,
+    }
+)
+
+
+def _retrying(call: Callable[[], _T], attempts: int = 20) -> _T:
+    """``call()``, asked again (with backoff, about 30 s in all) while the coordinator moves."""
+    for attempt in range(attempts):
+        try:
+            return call()
+        except KafkaException as exc:
+            err = exc.args[0] if exc.args else None
+            code = err.code() if isinstance(err, KafkaError) else None
+            if code not in _TRANSIENT or attempt == attempts - 1:
+                raise EngineFatalError(f"Kafka: {err if err is not None else exc}") from exc
+            time.sleep(min(2.0, 0.1 * 2**attempt))
+    raise AssertionError("unreachable")
+
+
+def committed_offsets(consumer: Any, topic: str, partitions: list[int]) -> list[TopicPartition]:
+    """The group's commits (with their metadata) of ``partitions``."""
+    wanted = [TopicPartition(topic, p) for p in partitions]
+    return list(_retrying(lambda: consumer.committed(wanted, timeout=10)))
+
+
 def partitions_of(consumer: Any, topic: str) -> list[int]:
     """The topic's partitions, or a clear error when it does not exist."""
-    meta = consumer.list_topics(topic, timeout=10).topics.get(topic)
+    meta = _retrying(lambda: consumer.list_topics(topic, timeout=10)).topics.get(topic)
     if meta is None or meta.error is not None or not meta.partitions:
         raise EngineFatalError(f"topic {topic!r} does not exist")
     return sorted(meta.partitions)
