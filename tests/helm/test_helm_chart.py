@@ -442,8 +442,57 @@ def test_model_server_becomes_the_default_triton(render: Callable[..., Rendered]
     assert not all(server_labels.get(k) == v for k, v in consumer_sel.items())
 
 
-def test_secrets_are_only_references(render: Callable[..., Rendered]) -> None:
+def test_secrets_are_mounted_files_by_default(render: Callable[..., Rendered]) -> None:
+    """By default no environment variable holds a secret, nor a reference to one: each secret
+    is a file of a read-only Secret volume, named by IMAGE_EMBEDDER_<NAME>_FILE."""
     rendered = render([ALL_ON_KEDA])
+    assert rendered.of_kind("Secret") == []
+    files = 0
+    for name, spec in pod_specs(rendered):
+        volumes = {v["name"]: v for v in spec.get("volumes", [])}
+        for container in spec["containers"]:
+            mounts = {m["mountPath"]: m for m in container.get("volumeMounts", [])}
+            for env in container.get("env", []):
+                if not SECRET_NAME.search(env["name"]):
+                    continue
+                assert env["name"].endswith("_FILE"), f"{name}: {env['name']} is not a file"
+                folder, _, key = env["value"].rpartition("/")
+                mount = mounts[folder]
+                assert mount["readOnly"] is True
+                secret = volumes[mount["name"]]["secret"]
+                assert key in {item["path"] for item in secret["items"]}
+                files += 1
+    # SASL username + password and the Milvus token, in the Deployment and the backfill Job.
+    assert files == 6
+    env = {e["name"]: e for e in consumer_container(rendered)["env"]}
+    assert env["IMAGE_EMBEDDER_KAFKA_SASL_PASSWORD_FILE"]["value"] == (
+        "/etc/image-embedder/kafka-sasl/password"
+    )
+    annotations = rendered.one("Deployment", FULLNAME)["spec"]["template"]["metadata"]
+    assert "checksum/secrets" in annotations["annotations"]  # a rotated Secret rolls the pods
+
+
+def test_oauthbearer_values_render_oidc_settings(render: Callable[..., Rendered]) -> None:
+    rendered = render(
+        sets=[
+            "kafka.securityProtocol=SASL_SSL",
+            "kafka.sasl.existingSecret=kafka-credentials",
+            "kafka.sasl.mechanism=OAUTHBEARER",
+            "kafka.sasl.oauth.clientId=embedder",
+            "kafka.sasl.oauth.tokenEndpointUrl=https://idp.example/token",
+        ],
+    )
+    config = rendered_config(rendered)
+    oauth = json.loads(config["IMAGE_EMBEDDER_KAFKA_CONFIG"])
+    assert oauth["sasl.oauthbearer.method"] == "oidc"
+    assert oauth["sasl.oauthbearer.client.id"] == "embedder"
+    env = {e["name"]: e for e in consumer_container(rendered)["env"]}
+    assert env["IMAGE_EMBEDDER_KAFKA_OAUTH_CLIENT_SECRET_FILE"]["value"].endswith("/client-secret")
+    assert "IMAGE_EMBEDDER_KAFKA_SASL_PASSWORD_FILE" not in env
+
+
+def test_secrets_are_only_references_as_env(render: Callable[..., Rendered]) -> None:
+    rendered = render([ALL_ON_KEDA], sets=["secretsAs=env"])
     assert rendered.of_kind("Secret") == []
     secret_envs = 0
     for name, spec in pod_specs(rendered):
@@ -700,7 +749,9 @@ def test_every_environment_variable_names_a_consumer_setting(
             names |= {env["name"] for env in container.get("env", [])}
     prefixed = {n for n in names if n.startswith(ENV_PREFIX)}
     assert len(prefixed) >= 15
-    unknown = {n for n in prefixed if n[len(ENV_PREFIX) :].lower() not in Settings.model_fields}
+    # NAME_FILE names the file holding setting NAME (consumer/security.py)
+    bare = {n.removesuffix("_FILE") for n in prefixed}
+    unknown = {n for n in bare if n[len(ENV_PREFIX) :].lower() not in Settings.model_fields}
     assert not unknown
 
 

@@ -109,6 +109,22 @@ Triton endpoint of the consumer: the value, else the chart's model server, else 
 {{- default (printf "%s.dlq" .Values.consumer.topic) .Values.consumer.dlqTopic }}
 {{- end }}
 
+{{/*
+A digest of the Secrets the pods read (through lookup: on install and upgrade against a
+cluster; empty under `helm template`), so that `helm upgrade` after a rotation rolls the pods:
+librdkafka never reloads a password or a certificate.
+*/}}
+{{- define "image-embedder.secretsChecksum" -}}
+{{- $data := list -}}
+{{- range $name := list .Values.kafka.sasl.existingSecret .Values.kafka.tls.existingSecret .Values.milvus.token.existingSecret .Values.triton.tls.existingSecret -}}
+{{- if $name -}}
+{{- $secret := lookup "v1" "Secret" $.Release.Namespace $name -}}
+{{- $data = append $data (dict "name" $name "data" (($secret).data | default dict)) -}}
+{{- end -}}
+{{- end -}}
+{{- $data | toJson | sha256sum -}}
+{{- end }}
+
 {{- define "image-embedder.kafkaUsesSasl" -}}
 {{- if hasPrefix "SASL_" .Values.kafka.securityProtocol }}true{{ end }}
 {{- end }}
@@ -130,6 +146,12 @@ Included once, from the consumer Deployment.
 {{- end }}
 {{- if and (include "image-embedder.kafkaUsesSasl" .) (not .Values.kafka.sasl.existingSecret) }}
 {{- fail (printf "kafka.securityProtocol is %s: set kafka.sasl.existingSecret to the Secret holding the SASL username and password" .Values.kafka.securityProtocol) }}
+{{- end }}
+{{- if not (has .Values.secretsAs (list "files" "env")) }}
+{{- fail (printf "secretsAs is %q: use files (Secrets mounted as files, the default) or env" .Values.secretsAs) }}
+{{- end }}
+{{- if and (include "image-embedder.kafkaUsesSasl" .) (eq .Values.kafka.sasl.mechanism "OAUTHBEARER") (not (and .Values.kafka.sasl.oauth.clientId .Values.kafka.sasl.oauth.tokenEndpointUrl)) }}
+{{- fail "kafka.sasl.mechanism is OAUTHBEARER: set kafka.sasl.oauth.clientId and kafka.sasl.oauth.tokenEndpointUrl" }}
 {{- end }}
 {{- if and .Values.kafka.tls.existingSecret (not (include "image-embedder.kafkaUsesTls" .)) }}
 {{- fail "kafka.tls.existingSecret is set but kafka.securityProtocol is not SSL or SASL_SSL" }}
@@ -246,24 +268,49 @@ envFrom:
   - configMapRef:
       name: {{ include "image-embedder.fullname" . }}
 env:
+  {{- $files := eq .Values.secretsAs "files" }}
   {{- if include "image-embedder.kafkaUsesSasl" . }}
+  {{- $sasl := .Values.kafka.sasl }}
+  {{- if eq $sasl.mechanism "OAUTHBEARER" }}
+  {{- if $files }}
+  - name: IMAGE_EMBEDDER_KAFKA_OAUTH_CLIENT_SECRET_FILE
+    value: {{ printf "%s/client-secret" $sasl.mountPath | quote }}
+  {{- else }}
+  - name: IMAGE_EMBEDDER_KAFKA_OAUTH_CLIENT_SECRET
+    valueFrom:
+      secretKeyRef:
+        name: {{ $sasl.existingSecret | quote }}
+        key: {{ $sasl.oauth.clientSecretKey | quote }}
+  {{- end }}
+  {{- else if $files }}
+  - name: IMAGE_EMBEDDER_KAFKA_SASL_USERNAME_FILE
+    value: {{ printf "%s/username" $sasl.mountPath | quote }}
+  - name: IMAGE_EMBEDDER_KAFKA_SASL_PASSWORD_FILE
+    value: {{ printf "%s/password" $sasl.mountPath | quote }}
+  {{- else }}
   - name: IMAGE_EMBEDDER_KAFKA_SASL_USERNAME
     valueFrom:
       secretKeyRef:
-        name: {{ .Values.kafka.sasl.existingSecret | quote }}
-        key: {{ .Values.kafka.sasl.usernameKey | quote }}
+        name: {{ $sasl.existingSecret | quote }}
+        key: {{ $sasl.usernameKey | quote }}
   - name: IMAGE_EMBEDDER_KAFKA_SASL_PASSWORD
     valueFrom:
       secretKeyRef:
-        name: {{ .Values.kafka.sasl.existingSecret | quote }}
-        key: {{ .Values.kafka.sasl.passwordKey | quote }}
+        name: {{ $sasl.existingSecret | quote }}
+        key: {{ $sasl.passwordKey | quote }}
+  {{- end }}
   {{- end }}
   {{- if .Values.milvus.token.existingSecret }}
+  {{- if $files }}
+  - name: IMAGE_EMBEDDER_MILVUS_TOKEN_FILE
+    value: {{ printf "%s/token" .Values.milvus.token.mountPath | quote }}
+  {{- else }}
   - name: IMAGE_EMBEDDER_MILVUS_TOKEN
     valueFrom:
       secretKeyRef:
         name: {{ .Values.milvus.token.existingSecret | quote }}
         key: {{ .Values.milvus.token.key | quote }}
+  {{- end }}
   {{- end }}
   - name: POD_NAME
     valueFrom:
@@ -285,6 +332,16 @@ Volume mounts and volumes shared by the consumer Deployment and the backfill Job
 {{- if .Values.kafka.tls.existingSecret }}
 - name: kafka-tls
   mountPath: {{ .Values.kafka.tls.mountPath }}
+  readOnly: true
+{{- end }}
+{{- if and (eq .Values.secretsAs "files") (include "image-embedder.kafkaUsesSasl" .) }}
+- name: kafka-sasl
+  mountPath: {{ .Values.kafka.sasl.mountPath }}
+  readOnly: true
+{{- end }}
+{{- if and (eq .Values.secretsAs "files") .Values.milvus.token.existingSecret }}
+- name: milvus-token
+  mountPath: {{ .Values.milvus.token.mountPath }}
   readOnly: true
 {{- end }}
 {{- if .Values.triton.tls.existingSecret }}
@@ -314,6 +371,31 @@ Volume mounts and volumes shared by the consumer Deployment and the backfill Job
   secret:
     secretName: {{ .Values.kafka.tls.existingSecret }}
     defaultMode: 0440
+{{- end }}
+{{- if and (eq .Values.secretsAs "files") (include "image-embedder.kafkaUsesSasl" .) }}
+- name: kafka-sasl
+  secret:
+    secretName: {{ .Values.kafka.sasl.existingSecret }}
+    defaultMode: 0440
+    items:
+      {{- if eq .Values.kafka.sasl.mechanism "OAUTHBEARER" }}
+      - key: {{ .Values.kafka.sasl.oauth.clientSecretKey }}
+        path: client-secret
+      {{- else }}
+      - key: {{ .Values.kafka.sasl.usernameKey }}
+        path: username
+      - key: {{ .Values.kafka.sasl.passwordKey }}
+        path: password
+      {{- end }}
+{{- end }}
+{{- if and (eq .Values.secretsAs "files") .Values.milvus.token.existingSecret }}
+- name: milvus-token
+  secret:
+    secretName: {{ .Values.milvus.token.existingSecret }}
+    defaultMode: 0440
+    items:
+      - key: {{ .Values.milvus.token.key }}
+        path: token
 {{- end }}
 {{- if .Values.triton.tls.existingSecret }}
 - name: triton-tls
