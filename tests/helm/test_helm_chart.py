@@ -181,8 +181,9 @@ def test_all_on_renders_each_exclusive_autoscaler_once(render: Callable[..., Ren
     assert len(hpa.of_kind("HorizontalPodAutoscaler")) == 1
     assert hpa.of_kind("ScaledObject") == [] and hpa.of_kind("TriggerAuthentication") == []
     for rendered in (keda, hpa):
-        for kind in ("ServiceMonitor", "Job", "PodDisruptionBudget"):
+        for kind in ("ServiceMonitor", "PodDisruptionBudget"):
             assert len(rendered.of_kind(kind)) == 1, kind
+        assert len(rendered.of_kind("Job")) == 2, "the backfill's plan step and its workers"
         assert {d["metadata"]["name"] for d in rendered.of_kind("Deployment")} == {
             FULLNAME,
             f"{FULLNAME}-model-server",
@@ -205,7 +206,11 @@ OPTIONAL_TEMPLATES = {
         f"{FULLNAME}-kafka",
     ),
     "serviceMonitor": (["metrics.serviceMonitor.enabled=true"], "ServiceMonitor", FULLNAME),
-    "backfill": (["backfill.enabled=true", "backfill.group=reindex"], "Job", None),
+    "backfill": (
+        ["backfill.enabled=true", "backfill.group=reindex"],
+        "Job",
+        f"{FULLNAME}-backfill-plan",
+    ),
     "modelServer": (["modelServer.enabled=true"], "Deployment", f"{FULLNAME}-model-server"),
     "modelServerService": (["modelServer.enabled=true"], "Service", f"{FULLNAME}-model-server"),
 }
@@ -462,8 +467,9 @@ def test_secrets_are_mounted_files_by_default(render: Callable[..., Rendered]) -
                 secret = volumes[mount["name"]]["secret"]
                 assert key in {item["path"] for item in secret["items"]}
                 files += 1
-    # SASL username + password and the Milvus token, in the Deployment and the backfill Job.
-    assert files == 6
+    # SASL username + password and the Milvus token, in the Deployment and the backfill's
+    # plan step and workers.
+    assert files == 9
     env = {e["name"]: e for e in consumer_container(rendered)["env"]}
     assert env["IMAGE_EMBEDDER_KAFKA_SASL_PASSWORD_FILE"]["value"] == (
         "/etc/image-embedder/kafka-sasl/password"
@@ -505,8 +511,9 @@ def test_secrets_are_only_references_as_env(render: Callable[..., Rendered]) -> 
         for volume in spec.get("volumes", []):
             if "tls" in volume["name"]:
                 assert set(volume) == {"name", "secret"}, name
-    # SASL username + password and the Milvus token, in the Deployment and the backfill Job.
-    assert secret_envs == 6
+    # SASL username + password and the Milvus token, in the Deployment and the backfill's
+    # plan step and workers.
+    assert secret_envs == 9
     env = {e["name"]: e for e in consumer_container(rendered)["env"]}
     assert env["IMAGE_EMBEDDER_KAFKA_SASL_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
         "name": "kafka-credentials",
@@ -585,19 +592,48 @@ def test_keda_sasl_mode_follows_the_kafka_mechanism(
     assert rendered_config(rendered)["IMAGE_EMBEDDER_KAFKA_SASL_MECHANISM"] == mechanism
 
 
-def test_backfill_job_passes_group_and_range(render: Callable[..., Rendered]) -> None:
-    rendered = render([ALL_ON_KEDA])
-    job = rendered.one("Job")
-    (container,) = job["spec"]["template"]["spec"]["containers"]
-    args = container["args"]
+def _backfill_jobs(rendered: Rendered) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the plan hook Job, the workers' Job)."""
+    plan = rendered.one("Job", f"{FULLNAME}-backfill-plan")
+    (workers,) = [j for j in rendered.of_kind("Job") if j is not plan]
+    return plan, workers
+
+
+def test_backfill_plans_once_in_a_hook_then_runs_workers(render: Callable[..., Rendered]) -> None:
+    rendered = render([ALL_ON_KEDA], sets=["backfill.workers=4"])
+    plan, workers = _backfill_jobs(rendered)
+    # the plan step: a hook before install and upgrade, with its own copy of the settings
+    hook = plan["metadata"]["annotations"]
+    assert hook["helm.sh/hook"] == "pre-install,pre-upgrade"
+    assert hook["helm.sh/hook-delete-policy"] == "before-hook-creation,hook-succeeded"
+    config = rendered.one("ConfigMap", f"{FULLNAME}-backfill-plan")
+    cm_hook = config["metadata"]["annotations"]
+    assert cm_hook["helm.sh/hook"] == hook["helm.sh/hook"]
+    assert int(cm_hook["helm.sh/hook-weight"]) < int(hook["helm.sh/hook-weight"])
+    assert config["data"] == rendered.one("ConfigMap", FULLNAME)["data"]
+    (planner,) = plan["spec"]["template"]["spec"]["containers"]
+    assert planner["envFrom"] == [{"configMapRef": {"name": f"{FULLNAME}-backfill-plan"}}]
+    args = planner["args"]
+    assert args[:2] == ["backfill", "plan"]
     assert option_after(args, "--group") == "image-embedder-backfill"
     assert option_after(args, "--from") == "2024-01-01T00:00:00Z"
     assert option_after(args, "--until") == "2024-02-01T00:00:00Z"
-    assert "--until-end" not in args
     assert option_after(args, "--max-rate") == "100"
-    assert job["spec"]["template"]["spec"]["restartPolicy"] == "Never"
+    assert "--until-end" not in args and "--replace" not in args
+    assert plan["spec"]["template"]["spec"]["restartPolicy"] == "Never"
+    assert "serviceAccountName" not in plan["spec"]["template"]["spec"], "not made yet"
+
+    # the workers: N pods of the group, the plan's bounds never on their command line
+    assert workers["spec"]["parallelism"] == workers["spec"]["completions"] == 4
+    assert "helm.sh/hook" not in (workers["metadata"].get("annotations") or {})
+    (container,) = workers["spec"]["template"]["spec"]["containers"]
+    args = container["args"]
+    assert args[:2] == ["backfill", "run"]
+    assert option_after(args, "--group") == "image-embedder-backfill"
+    assert not {"--from", "--until", "--until-end", "--max-rate", "--reset-offsets"} & set(args)
+    assert workers["spec"]["template"]["spec"]["restartPolicy"] == "Never"
     # a pod stopped before the end (exit 75, or evicted) is replaced without counting as failed
-    rules = job["spec"]["podFailurePolicy"]["rules"]
+    rules = workers["spec"]["podFailurePolicy"]["rules"]
     assert {
         "action": "Ignore",
         "onExitCodes": {"containerName": "backfill", "operator": "In", "values": [75]},
@@ -608,11 +644,18 @@ def test_backfill_job_passes_group_and_range(render: Callable[..., Rendered]) ->
     } in rules
     assert all(rule["action"] == "Ignore" for rule in rules), "other failures must count"
 
-    until_end = render(sets=["backfill.enabled=true", "backfill.group=reindex"]).one("Job")
-    args = until_end["spec"]["template"]["spec"]["containers"][0]["args"]
+    until_end = render(sets=["backfill.enabled=true", "backfill.group=reindex"])
+    plan, workers = _backfill_jobs(until_end)
+    args = plan["spec"]["template"]["spec"]["containers"][0]["args"]
     assert option_after(args, "--group") == "reindex"
     assert option_after(args, "--from") == "earliest"
-    assert "--until-end" in args and "--until" not in args
+    assert "--until-end" in args and "--until" not in args and "--max-rate" not in args
+    assert workers["spec"]["parallelism"] == 1
+    replace = render(sets=["backfill.enabled=true", "backfill.group=g", "backfill.replace=true"])
+    assert (
+        "--replace"
+        in _backfill_jobs(replace)[0]["spec"]["template"]["spec"]["containers"][0]["args"]
+    )
 
 
 @pytest.mark.parametrize(
@@ -626,6 +669,10 @@ def test_backfill_job_passes_group_and_range(render: Callable[..., Rendered]) ->
         (
             ["backfill.enabled=true", "backfill.group=g", "backfill.untilEnd=false"],
             "a backfill needs an end",
+        ),
+        (
+            ["backfill.enabled=true", "backfill.group=g", "backfill.workers=0"],
+            "backfill.workers must be at least 1",
         ),
     ],
 )
