@@ -49,12 +49,13 @@ minio: $(VENV)/.complete ## Build the S3 test server (MinIO) into the user's cac
 	$(PY) -m devstack fetch-minio
 
 .PHONY: up
-up: setup minio ## Start Kafka, Milvus, Triton and MinIO on their default ports (reuses running ones)
+up: setup minio ## Start Kafka, Milvus, Triton and MinIO on their default ports (reuses running ones); SECURE=1: also a secured Kafka on 9094
 	$(PY) -m devstack up
+	@if [ "$(SECURE)" = 1 ]; then $(PY) -m devstack secure-kafka; fi
 
 .PHONY: down
 down: ## Stop the servers `make up` started
-	@if [ -x $(PY) ]; then $(PY) -m devstack down; fi
+	@if [ -x $(PY) ]; then $(PY) -m devstack down; $(PY) -m devstack secure-kafka --stop >/dev/null; fi
 
 .PHONY: status
 status: ## Show which servers are running

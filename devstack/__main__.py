@@ -140,6 +140,76 @@ def fetch_minio_command(
     typer.echo(f"minio {MINIO_VERSION}: {binary} ({time.monotonic() - started:.1f} s)")
 
 
+@app.command("secure-kafka")
+def secure_kafka_command(
+    stop: Annotated[bool, typer.Option("--stop", help="Stop the secured broker.")] = False,
+    oidc: Annotated[
+        bool,
+        typer.Option(
+            "--oidc",
+            help="Also serve an OIDC token endpoint (OAUTHBEARER) and stay in the foreground.",
+        ),
+    ] = False,
+    port: Annotated[int, typer.Option("--port", help="SASL_SSL port; mTLS +2, BADHOST +3.")] = 9094,
+    base_dir: BaseDirOption = STACK_DIR,
+) -> None:
+    """A secured Kafka next to the plain one: SASL_SSL, mTLS, ACLs (docs/operations.md)."""
+    import secrets
+    import signal
+
+    from devstack.oidc import TokenServer
+    from devstack.process import read_pid_file
+    from devstack.securekafka import SecureKafkaServer, describe
+
+    pid_file = base_dir / "run" / "kafka-secure.pid"
+    pid_file.parent.mkdir(parents=True, exist_ok=True)
+    tokens = TokenServer({"embedder": f"client-{secrets.token_urlsafe(12)}"}) if oidc else None
+    server = SecureKafkaServer(
+        base_dir / "kafka-secure",
+        base_dir / "logs" / "kafka-secure.log",
+        port=port,
+        controller_port=port + 1,
+        mtls_port=port + 2,
+        badhost_port=port + 3,
+        internal_port=port + 4,
+        jwks_url=tokens.jwks_url if tokens else None,
+        oauth_issuer=tokens.issuer if tokens else None,
+        pid_file=pid_file,
+    )
+    pid = read_pid_file(pid_file)
+    running = pid is not None and server.attach(pid)
+    if stop:
+        if running:
+            server.stop()
+        typer.echo("kafka-secure stopped" if running else "kafka-secure not running")
+        return
+    if running and oidc:
+        typer.echo("kafka-secure runs already without --oidc: stop it first (--stop)", err=True)
+        raise typer.Exit(1)
+    if not running:
+        fetch_kafka(KAFKA_LIBS_DIR)
+        try:
+            server.start()
+        except ServerError as exc:
+            typer.echo(f"devstack secure-kafka: {exc}", err=True)
+            raise typer.Exit(1) from exc
+    for line in describe(server):
+        typer.echo(line)
+    if tokens is None:
+        return
+    tokens.start()
+    secret_file = base_dir / "kafka-secure" / "oauth-client-secret"
+    secret_file.touch(mode=0o600)
+    secret_file.write_text(tokens.clients["embedder"])
+    typer.echo(f"OIDC      {tokens.token_url} (client embedder, secret in {secret_file})")
+    typer.echo("Ctrl-C stops the token endpoint and the broker")
+    try:
+        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+    finally:
+        tokens.stop()
+        server.stop()
+
+
 def main() -> None:
     app(prog_name="python -m devstack")
 

@@ -130,15 +130,13 @@ class SecureKafkaServer(KafkaServer):
 
     @property
     def ca_file(self) -> Path:
-        self.cert("server")
-        assert self.ca is not None
-        return self.ca.ca_file
+        """The CA that signs the broker's and the clients' certificates (made at start)."""
+        return self.tls_dir / "devstack-ca.pem"
 
     @property
     def untrusted_ca_file(self) -> Path:
-        self.cert("server")
-        assert self.untrusted_ca is not None
-        return self.untrusted_ca.ca_file
+        """A CA that signed nothing the broker trusts or presents."""
+        return self.tls_dir / "untrusted-ca.pem"
 
     # -- addresses -------------------------------------------------------------------------
     @property
@@ -309,3 +307,15 @@ class SecureKafkaServer(KafkaServer):
         except KafkaException:
             return False
         return self.node_id in metadata.brokers
+
+
+def describe(server: SecureKafkaServer) -> list[str]:
+    """Lines telling a user how to connect (paths, never the passwords themselves)."""
+    return [
+        f"SASL_SSL  {server.bootstrap_servers}  (SCRAM-SHA-256, SCRAM-SHA-512, PLAIN"
+        + (", OAUTHBEARER)" if server.jwks_url else ")"),
+        f"mTLS      {server.mtls_bootstrap_servers}  (client certificates in {server.tls_dir})",
+        f"BADHOST   {server.badhost_bootstrap_servers}  (certificate for {WRONG_HOST})",
+        f"CA        {server.ca_file}",
+        f"users     {', '.join(server.passwords)} (passwords in {server.data_dir}/passwords.json)",
+    ]
