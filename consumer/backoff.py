@@ -28,12 +28,17 @@ class Backoff:
         exponent = min(self.start + attempt - 1, self.max_exponent)
         return min(self.cap, self.initial * self.factor**exponent)
 
-    def next_delay(self) -> float:
-        self.attempts += 1
-        high = self.delay(self.attempts)
+    def jittered(self, attempt: int) -> float:
+        """A delay for the ``attempt``-th retry (1-based), jitter drawn from ``random``."""
+        high = self.delay(attempt)
         if self.jitter <= 0:
             return high
         return self.random.uniform(high * (1 - self.jitter), high)
+
+    def next_delay(self) -> float:
+        """The delay before the next retry (counts it)."""
+        self.attempts += 1
+        return self.jittered(self.attempts)
 
     def reset(self) -> None:
         self.attempts = 0

@@ -21,7 +21,7 @@ import orjson
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from consumer.observability.exceptions import InvalidLabelError
-from schemas.deadletter import ErrorType
+from schemas.deadletter import ErrorType, Stage
 
 PREFIX: Final = "image_embedder"
 
@@ -71,19 +71,14 @@ class Outcome(StrEnum):
     INGESTED = "ingested"  # row upserted into Milvus
     DELETED = "deleted"  # tombstone or delete message applied
     DEAD_LETTERED = "dead_lettered"  # acknowledged by the dead-letter topic
-    SKIPPED_STALE = "skipped_stale"  # older than the row already written for its id
+    SKIPPED_STALE = "skipped_stale"  # not newer than the row already written for its id
+    SUPERSEDED = "superseded"  # a higher version of its id in flight won: nothing written for it
 
 
-class Stage(StrEnum):
-    """Pipeline stages whose duration is measured."""
-
-    FETCH = "fetch"
-    DECODE = "decode"
-    PREPROCESS = "preprocess"
-    INFER = "infer"
-    NORMALIZE = "normalize"
-    WRITE = "write"
-    COMMIT = "commit"
+#: The stages whose duration is measured: the pipeline's stages (``schemas.Stage``, one enum for
+#: where a message is and where it failed; parsing is not timed) and the commit.
+COMMIT_STAGE: Final = "commit"
+TIMED_STAGES: Final = (*(s.value for s in Stage if s is not Stage.PARSE), COMMIT_STAGE)
 
 
 class EndToEndKind(StrEnum):
@@ -119,6 +114,14 @@ def _checked(value: str, allowed: type[StrEnum]) -> str:
         raise InvalidLabelError(
             f"{value!r} is not a {allowed.__name__}; expected one of {[m.value for m in allowed]}"
         ) from None
+
+
+def _timed(stage: str) -> str:
+    """``stage`` if its duration is measured (``TIMED_STAGES``)."""
+    value = str(stage)
+    if value not in TIMED_STAGES:
+        raise InvalidLabelError(f"{value!r} is not a timed stage; expected one of {TIMED_STAGES}")
+    return value
 
 
 class Metrics:
@@ -218,8 +221,8 @@ class Metrics:
             self.messages_total.labels(outcome=outcome.value)
         for error_type in ErrorType:
             self.dead_letters_total.labels(error_type=error_type.value)
-        for stage in Stage:
-            self.stage_duration_seconds.labels(stage=stage.value)
+        for stage in TIMED_STAGES:
+            self.stage_duration_seconds.labels(stage=stage)
         for operation in RetryOperation:
             self.retries_total.labels(operation=operation.value)
         for kind in EndToEndKind:
@@ -258,12 +261,12 @@ class Metrics:
 
     def observe_stage(self, stage: Stage | str, seconds: float) -> None:
         """Record that ``stage`` took ``seconds``."""
-        self.stage_duration_seconds.labels(stage=_checked(stage, Stage)).observe(seconds)
+        self.stage_duration_seconds.labels(stage=_timed(stage)).observe(seconds)
 
     @contextmanager
     def time_stage(self, stage: Stage | str) -> Iterator[None]:
         """Time the body of a ``with`` block as ``stage`` (recorded even when it raises)."""
-        child = self.stage_duration_seconds.labels(stage=_checked(stage, Stage))
+        child = self.stage_duration_seconds.labels(stage=_timed(stage))
         start = time.perf_counter()
         try:
             yield

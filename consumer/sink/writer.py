@@ -20,8 +20,17 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
+from consumer.backoff import Backoff
+from consumer.engine.runtime import (
+    Clock,
+    Joinable,
+    SystemClock,
+    ThreadStarter,
+    start_daemon_thread,
+)
+from consumer.observability.metrics import Outcome
 from consumer.sink.neardup import NearDuplicates
 from consumer.sink.tombstones import Tombstones
 from schemas import Version
@@ -31,7 +40,20 @@ log = logging.getLogger(__name__)
 #: The row fields that hold the version a row was written at (see :class:`schemas.Version`).
 VERSION_FIELDS = ("kafka_ts", "kafka_partition", "kafka_offset")
 
-Outcome = Literal["written", "deleted", "skipped_stale", "superseded"]
+
+#: Milvus' error codes for a collection that is not loaded (e.g. released by a restart):
+#: ``collection not loaded`` (101) and ``collection not fully loaded`` (103).
+NOT_LOADED_CODES = frozenset({101, 103})
+
+
+def not_loaded(exc: BaseException) -> bool:
+    """Whether ``exc`` (or an exception it was raised from) says a collection is not loaded."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if getattr(seen, "code", None) in NOT_LOADED_CODES:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +93,17 @@ class MilvusWriter:
         on_write_seconds: Callable[[float], None] | None = None,
         near_duplicates: NearDuplicates | None = None,
         max_backoff_s: float = 5.0,
+        clock: Clock | None = None,
+        rng: random.Random | None = None,
+        start_thread: ThreadStarter | None = None,
     ) -> None:
+        self._clock: Clock = clock or SystemClock()
+        self._random = rng or random.Random()
+        self._start_thread = start_thread or start_daemon_thread
+        self._thread: Joinable | None = None
+        self._pending: list[WriteOp] = []
+        self._oldest = 0.0
+        self._done = False
         self._client = client
         self._collection = collection
         self._on_results = on_results
@@ -93,12 +125,12 @@ class MilvusWriter:
         self._closing = threading.Event()
         self._healthy = threading.Event()
         self._healthy.set()
-        self._last_flush = time.monotonic()
-        self._thread = threading.Thread(target=self._run, name="milvus-writer", daemon=True)
+        self._last_flush = self._clock.monotonic()
 
     # --- public API (any thread) -----------------------------------------------------------
     def start(self) -> None:
-        self._thread.start()
+        """Run the loop (``step()`` until closed) on the thread the thread starter gives it."""
+        self._thread = self._start_thread(self._run, "milvus-writer")
 
     def submit(self, ops: list[WriteOp]) -> None:
         for op in ops:
@@ -117,6 +149,8 @@ class MilvusWriter:
         """Write what is queued, flush once, stop. Returns False if it did not finish in time."""
         self._closing.set()
         self._queue.put(None)
+        if self._thread is None:
+            return True
         self._thread.join(timeout_s)
         if self._thread.is_alive():
             self._abort.set()
@@ -129,62 +163,68 @@ class MilvusWriter:
         self._abort.set()
         self._queue.put(None)
 
-    # --- the thread -----------------------------------------------------------------------
+    # --- the loop (on its own thread, or driven by a caller's step()) ---------------------
     def _run(self) -> None:
-        pending: list[WriteOp] = []
-        oldest = 0.0
-        done = False
-        while not done and not self._abort.is_set():
-            timeout = None
-            if pending:
-                timeout = max(0.0, oldest + self._max_age_s - time.monotonic())
-            elif self._flush_interval_s:
-                timeout = self._flush_interval_s
-            try:
-                item = self._queue.get(timeout=timeout)
-                if item is None:
-                    done = self._closing.is_set() or self._abort.is_set()
-                    if not done:
-                        continue
-                else:
-                    if not pending:
-                        oldest = time.monotonic()
-                    pending.append(item)
-                    # take whatever else is already queued, up to the group size
-                    while len(pending) < self._batch_rows:
-                        try:
-                            nxt = self._queue.get_nowait()
-                        except queue.Empty:
-                            break
-                        if nxt is None:
-                            done = self._closing.is_set() or self._abort.is_set()
-                            break
-                        pending.append(nxt)
-            except queue.Empty:
-                pass
-            due = pending and (
-                len(pending) >= self._batch_rows
-                or time.monotonic() - oldest >= self._max_age_s
-                or done
-            )
-            if due:
-                group, pending = pending[: self._batch_rows], pending[self._batch_rows :]
-                oldest = time.monotonic()
-                self._write_with_retry(group)
-            if done and pending and not self._abort.is_set():
-                while pending and not self._abort.is_set():
-                    group, pending = pending[: self._batch_rows], pending[self._batch_rows :]
-                    self._write_with_retry(group)
-            self._maybe_flush()
-            self._maybe_purge()
+        while self.step():
+            pass
         if not self._abort.is_set():
             self._flush()
+
+    def step(self, block: bool = True) -> bool:
+        """One turn of the writer's loop: take what is queued (with ``block``, waiting at most
+        until the oldest pending operation is due), write the groups that are due, flush and
+        purge when due. False once it is closed or aborted."""
+        if self._done or self._abort.is_set():
+            return False
+        self._take(self._wait_s() if block else 0.0)
+        now = self._clock.monotonic()
+        if self._pending and (
+            len(self._pending) >= self._batch_rows
+            or now - self._oldest >= self._max_age_s
+            or self._done
+        ):
+            self._write_next_group(now)
+        while self._done and self._pending and not self._abort.is_set():
+            self._write_next_group(now)
+        self._maybe_flush()
+        self._maybe_purge()
+        return not self._done and not self._abort.is_set()
+
+    def _wait_s(self) -> float | None:
+        if self._pending:
+            return max(0.0, self._oldest + self._max_age_s - self._clock.monotonic())
+        return self._flush_interval_s or None
+
+    def _take(self, timeout: float | None) -> None:
+        """Take queued operations, up to the group size; a None marks close or abort."""
+        try:
+            item = self._queue.get(timeout=timeout) if timeout != 0 else self._queue.get_nowait()
+        except queue.Empty:
+            return
+        while True:
+            if item is None:
+                self._done = self._closing.is_set() or self._abort.is_set()
+                return
+            if not self._pending:
+                self._oldest = self._clock.monotonic()
+            self._pending.append(item)
+            if len(self._pending) >= self._batch_rows:
+                return
+            try:  # whatever else is already queued
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return
+
+    def _write_next_group(self, now: float) -> None:
+        group, self._pending = self._pending[: self._batch_rows], self._pending[self._batch_rows :]
+        self._oldest = now
+        self._write_with_retry(group)
 
     def _maybe_purge(self) -> None:
         """Drop tombstones older than the retention, at most once per ``purge_interval_s``."""
         if self._tombstones is None or self._tombstone_retention_s is None:
             return
-        now = time.monotonic()
+        now = self._clock.monotonic()
         if self._last_purge and now - self._last_purge < self._purge_interval_s:
             return
         self._last_purge = now
@@ -194,7 +234,8 @@ class MilvusWriter:
             log.warning("tombstone purge failed: %s", exc)
 
     def _maybe_flush(self) -> None:
-        if self._flush_interval_s and time.monotonic() - self._last_flush >= self._flush_interval_s:
+        interval = self._flush_interval_s
+        if interval and self._clock.monotonic() - self._last_flush >= interval:
             self._flush()
 
     def _flush(self) -> None:
@@ -202,10 +243,12 @@ class MilvusWriter:
             self._client.flush(self._collection)
         except Exception as exc:  # a flush failure loses nothing: upserts were acknowledged
             log.warning("milvus flush failed: %s", exc)
-        self._last_flush = time.monotonic()
+        self._last_flush = self._clock.monotonic()
 
     def _write_with_retry(self, group: list[WriteOp]) -> None:
-        attempt = 0
+        backoff = Backoff(
+            initial=0.1, cap=self._max_backoff_s, start=1, jitter=0.5, random=self._random
+        )
         while not self._abort.is_set():
             try:
                 started = time.perf_counter()
@@ -217,22 +260,22 @@ class MilvusWriter:
                 return
             except Exception as exc:
                 self._healthy.clear()
-                attempt += 1
-                delay = min(self._max_backoff_s, 0.1 * 2 ** min(attempt, 10))
-                delay = random.uniform(delay / 2, delay)
+                delay = backoff.next_delay()
                 log.warning(
-                    "milvus write failed (attempt %d), retrying in %.2fs: %s", attempt, delay, exc
+                    "milvus write failed (attempt %d), retrying in %.2fs: %s",
+                    backoff.attempts,
+                    delay,
+                    exc,
                 )
                 if self._on_retry:
                     self._on_retry(exc, delay)
-                self._abort.wait(delay)
+                self._clock.wait(self._abort, delay)
                 self._reload_if_released(exc)
 
     def _reload_if_released(self, exc: Exception) -> None:
         """A restarted Milvus serves a collection only after it is loaded again: the
         collection and its tombstones both (either one released fails every write group)."""
-        text = str(exc).lower()
-        if "released" in text or "not loaded" in text or "load" in text:
+        if not_loaded(exc):
             names = [self._collection]
             if self._tombstones is not None:
                 names.append(self._tombstones.name)
@@ -251,7 +294,7 @@ class MilvusWriter:
         deletes: list[WriteOp] = []
         for op in latest.values():
             if not self._newer_than_stored(op, stored.get(op.id)):
-                results.append(WriteResult(op.token, "skipped_stale"))
+                results.append(WriteResult(op.token, Outcome.SKIPPED_STALE))
             elif op.row is None:
                 deletes.append(op)
             else:
@@ -270,8 +313,8 @@ class MilvusWriter:
             self._client.delete(self._collection, ids=[op.id for op in deletes])
             if self._tombstones is not None:  # the deletion keeps its version
                 self._tombstones.record([(op.id, op.version) for op in deletes])
-        results.extend(WriteResult(op.token, "written") for op in upserts)
-        results.extend(WriteResult(op.token, "deleted") for op in deletes)
+        results.extend(WriteResult(op.token, Outcome.INGESTED) for op in upserts)
+        results.extend(WriteResult(op.token, Outcome.DELETED) for op in deletes)
         return results
 
     def _latest_per_id(self, group: list[WriteOp]) -> tuple[list[WriteResult], dict[str, WriteOp]]:
@@ -280,14 +323,14 @@ class MilvusWriter:
         latest: dict[str, WriteOp] = {}
         for op in group:
             if not self._is_latest(op):
-                superseded.append(WriteResult(op.token, "superseded"))
+                superseded.append(WriteResult(op.token, Outcome.SUPERSEDED))
                 continue
             other = latest.get(op.id)
             if other is not None and other.version > op.version:
-                superseded.append(WriteResult(op.token, "superseded"))
+                superseded.append(WriteResult(op.token, Outcome.SUPERSEDED))
                 continue
             if other is not None:
-                superseded.append(WriteResult(other.token, "superseded"))
+                superseded.append(WriteResult(other.token, Outcome.SUPERSEDED))
             latest[op.id] = op
         return superseded, latest
 

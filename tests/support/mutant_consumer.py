@@ -206,7 +206,7 @@ def _mutant_commit_on_handoff() -> None:
     submit = writer.MilvusWriter.submit
 
     def early(self: Any, ops: list[Any]) -> None:
-        rows = [writer.WriteResult(op.token, "written") for op in ops if op.row is not None]
+        rows = [writer.WriteResult(op.token, "ingested") for op in ops if op.row is not None]
         if rows:
             self._on_results(rows)
         submit(self, ops)
@@ -286,11 +286,9 @@ def _mutant_revoke_no_commit() -> None:
 
 def _mutant_no_triton_backoff() -> None:
     """Inference retries without waiting: every backoff delay of the engine is 0."""
-    from types import SimpleNamespace
+    from consumer import backoff
 
-    from consumer.engine import loop
-
-    loop.random = SimpleNamespace(uniform=lambda low, high: 0.0)  # type: ignore[assignment]
+    backoff.Backoff.jittered = lambda self, attempt: 0.0  # type: ignore[method-assign]
 
 
 MUTANTS: dict[str, Callable[[], None]] = {

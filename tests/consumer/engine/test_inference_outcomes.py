@@ -1,20 +1,32 @@
 """What the inference stage does with bad vectors and refused inputs (stubbed Triton and writer).
 
-These paths cannot be provoked with the reference model, so the engine's inference task runs here
+These paths cannot be provoked with the reference model, so the stage's inference task runs here
 against a stub that returns NaN/zero vectors or refuses one input.
 """
 
 from __future__ import annotations
 
-import queue
+import random
+import threading
 from typing import Any
 
 import numpy as np
 
-from consumer.engine.loop import Engine, Ref
+from consumer.engine.events import (
+    Event,
+    Events,
+    InferenceDone,
+    InferItem,
+    InputRefused,
+    Ref,
+    VectorsBad,
+)
+from consumer.engine.ledger import InFlightLedger
+from consumer.engine.runtime import SystemClock
+from consumer.engine.stages import Stages
 from consumer.inference import InferenceRejectedError, ModelSpec
-from consumer.settings import Settings
-from schemas import ErrorType, ImageMessage, Stage, Version
+from consumer.observability.metrics import Metrics
+from schemas import ImageMessage, Version
 
 
 class StubTriton:
@@ -30,27 +42,42 @@ class StubTriton:
             raise InferenceRejectedError("INVALID_ARGUMENT: bad input")
         return np.stack([self.vectors[m] for m in markers])
 
+    def is_ready(self) -> bool:
+        return True
 
-class StubWriter:
-    def __init__(self) -> None:
-        self.ops: list[Any] = []
-
-    def submit(self, ops: list[Any]) -> None:
-        self.ops.extend(ops)
+    def close(self) -> None:
+        pass
 
 
-def _engine(triton: StubTriton) -> tuple[Engine, StubWriter]:
-    engine = Engine(Settings(topic="t", group="g", collection="c"))
-    writer = StubWriter()
-    engine._triton = triton  # type: ignore[assignment]
-    engine._writer = writer  # type: ignore[assignment]
-    engine._spec = ModelSpec("m", "1", "IMAGE", "FP32", "EMBEDDING", 3, 64, "python")
-    return engine, writer
+def _stages(triton: StubTriton) -> tuple[Stages, list[Any], Events]:
+    ops: list[Any] = []
+    events = Events()
+    stages = Stages(
+        io=None,  # type: ignore[arg-type]  # not used by the inference task
+        infer=None,  # type: ignore[arg-type]
+        fetcher=None,  # type: ignore[arg-type]
+        preprocessor=None,  # type: ignore[arg-type]
+        inference=triton,
+        spec=ModelSpec("m", "1", "IMAGE", "FP32", "EMBEDDING", 3, 64, "python"),
+        submit=ops.extend,
+        ledger=InFlightLedger(),
+        events=events,
+        metrics=Metrics(),
+        clock=SystemClock(),
+        rng=random.Random(0),
+        halt=threading.Event(),
+        batch_size=8,
+        infer_batch_size=8,
+        infer_threads=1,
+        canvas_px=64,
+        max_pixels=10**6,
+    )
+    return stages, ops, events
 
 
-def _items(count: int) -> tuple[list[tuple[Ref, ImageMessage, Version]], np.ndarray]:
+def _items(count: int) -> tuple[list[InferItem], np.ndarray]:
     items = [
-        (
+        InferItem(
             Ref(1, "t", 0, i),
             ImageMessage.upsert(f"http://example.com/{i}.jpg", id=f"id{i}"),
             Version(1000, 0, i),
@@ -63,38 +90,32 @@ def _items(count: int) -> tuple[list[tuple[Ref, ImageMessage, Version]], np.ndar
     return items, batch
 
 
-def _events(engine: Engine) -> list[tuple[Any, ...]]:
+def _events(events: Events) -> list[Event]:
     out = []
-    while True:
-        try:
-            out.append(engine._results.get_nowait())
-        except queue.Empty:
-            return out
+    while (event := events.take()) is not None:
+        out.append(event)
+    return out
 
 
 def test_nan_and_zero_vectors_are_dead_lettered_the_rest_written() -> None:
     vectors = {0: np.array([3.0, 4.0, 0.0]), 1: np.array([np.nan, 1, 1]), 2: np.zeros(3)}
-    engine, writer = _engine(StubTriton(vectors, reject=set()))
+    stages, ops, events = _stages(StubTriton(vectors, reject=set()))
     items, batch = _items(3)
-    engine._infer_task(items, batch)
-    events = _events(engine)
-    dead = [e for e in events if e[0] == "dead"]
-    assert [(e[1].offset, e[2], e[3]) for e in dead] == [
-        (1, Stage.NORMALIZE, ErrorType.INVALID_EMBEDDING),
-        (2, Stage.NORMALIZE, ErrorType.INVALID_EMBEDDING),
-    ]
-    assert [op.id for op in writer.ops] == ["id0"]
-    np.testing.assert_allclose(writer.ops[0].row["embedding"], [0.6, 0.8, 0.0], rtol=1e-6)
-    assert events[-1] == ("infer_done",)
+    stages.infer_task(items, batch)
+    seen = _events(events)
+    assert [e.ref.offset for e in seen if isinstance(e, VectorsBad)] == [1, 2]
+    assert [op.id for op in ops] == ["id0"]
+    np.testing.assert_allclose(ops[0].row["embedding"], [0.6, 0.8, 0.0], rtol=1e-6)
+    assert seen[-1] == InferenceDone()
 
 
 def test_a_refused_input_is_found_by_splitting_and_only_it_is_dead_lettered() -> None:
     vectors = {i: np.array([1.0, float(i), 0.0]) for i in range(4)}
     triton = StubTriton(vectors, reject={2})
-    engine, writer = _engine(triton)
+    stages, ops, events = _stages(triton)
     items, batch = _items(4)
-    engine._infer_task(items, batch)
-    dead = [e for e in _events(engine) if e[0] == "dead"]
-    assert [(e[1].offset, e[3]) for e in dead] == [(2, ErrorType.MODEL_REJECTED)]
-    assert sorted(op.id for op in writer.ops) == ["id0", "id1", "id3"]
+    stages.infer_task(items, batch)
+    refused = [e for e in _events(events) if isinstance(e, InputRefused)]
+    assert [e.ref.offset for e in refused] == [2]
+    assert sorted(op.id for op in ops) == ["id0", "id1", "id3"]
     assert triton.calls == [4, 1, 1, 1, 1]

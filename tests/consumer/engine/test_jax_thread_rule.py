@@ -45,7 +45,7 @@ def test_no_jax_frame_outside_the_main_thread(
 
     def hook(frame: FrameType, event: str, arg: Any) -> None:
         thread = threading.current_thread()
-        if event == "call" and frame.f_code.co_name in ("_load", "_infer_task"):
+        if event == "call" and frame.f_code.co_name in ("_load", "infer_task"):
             niceness[thread.name] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
         if event == "call" and thread is not main and _is_jax_code(frame.f_code.co_filename):
             records.append((thread.name, frame.f_code.co_filename))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from consumer.engine.loop import _RateLimiter
+from consumer.engine.flow import RateLimiter
 from consumer.engine.registry import LatestRegistry
 from schemas import Version
 
@@ -32,8 +32,8 @@ def test_registry_keeps_the_highest_version_not_the_last_registered() -> None:
 
 def test_rate_limiter_refills_at_the_rate(monkeypatch: pytest.MonkeyPatch) -> None:
     now = [100.0]
-    monkeypatch.setattr("consumer.engine.loop.time.monotonic", lambda: now[0])
-    limiter = _RateLimiter(rate=10.0, burst=5)
+    monkeypatch.setattr("consumer.engine.runtime.time.monotonic", lambda: now[0])
+    limiter = RateLimiter(rate=10.0, burst=5)
     assert limiter.available() == 5
     limiter.take(5)
     assert limiter.available() == 0
@@ -45,7 +45,7 @@ def test_rate_limiter_refills_at_the_rate(monkeypatch: pytest.MonkeyPatch) -> No
 
 
 def test_no_rate_means_no_limit() -> None:
-    limiter = _RateLimiter(rate=None, burst=5)
+    limiter = RateLimiter(rate=None, burst=5)
     limiter.take(10**6)
     assert limiter.available() > 10**6 and limiter.wait_s() == 0
 

@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 import pytest
+from pymilvus.exceptions import MilvusException
 
 from consumer.sink import MilvusWriter, WriteOp, WriteResult
 from schemas import Version
@@ -83,7 +84,7 @@ def test_groups_rows_and_keeps_the_latest_op_per_id() -> None:
     )
     _wait_for(results, 3)
     assert writer.close()
-    assert {r.token: r.outcome for r in results} == {1: "superseded", 2: "written", 3: "written"}
+    assert {r.token: r.outcome for r in results} == {1: "superseded", 2: "ingested", 3: "ingested"}
     assert client.rows["a"]["tag"] == "new"
     assert client.upserts == [["b", "a"]] or client.upserts == [["a", "b"]]
     assert client.flushes == 1  # at close only, never per group
@@ -124,7 +125,7 @@ def test_failures_are_retried_and_nothing_is_reported_before_success() -> None:
     _wait_for(results, 1)
     writer.close()
     assert len(retries) == 3
-    assert [r.outcome for r in results] == ["written"]
+    assert [r.outcome for r in results] == ["ingested"]
     assert "a" in client.rows
 
 
@@ -161,7 +162,7 @@ def test_abort_check_fails_for_a_writer_that_reports_on_hand_off() -> None:
 
     class ReportsOnHandOff(MilvusWriter):
         def submit(self, ops: list[WriteOp]) -> None:
-            self._on_results([WriteResult(op.token, "written") for op in ops])
+            self._on_results([WriteResult(op.token, "ingested") for op in ops])
             super().submit(ops)
 
     with pytest.raises(AssertionError, match="REPORTED UNWRITTEN"):
@@ -182,7 +183,7 @@ def test_the_highest_version_wins_within_a_group_whatever_the_order() -> None:
     )
     _wait_for(results, 2)
     assert writer.close()
-    assert {r.token: r.outcome for r in results} == {"new": "written", "old": "superseded"}
+    assert {r.token: r.outcome for r in results} == {"new": "ingested", "old": "superseded"}
     assert client.rows["a"]["tag"] == "new"
 
 
@@ -224,7 +225,7 @@ def test_rewrite_same_version_rewrites_equal_versions_but_never_older_ones() -> 
     )
     _wait_for(results, 2)
     writer.close()
-    assert {r.token: r.outcome for r in results} == {"older": "skipped_stale", "same": "written"}
+    assert {r.token: r.outcome for r in results} == {"older": "skipped_stale", "same": "ingested"}
     assert client.rows["x"]["tag"] == "stored" and client.rows["y"]["tag"] == "again"
 
 
@@ -259,7 +260,7 @@ def test_a_delete_keeps_its_version_so_older_upserts_stay_deleted() -> None:
     _wait_for(results, 3)
     writer.close()
     outcomes = {r.token: r.outcome for r in results}
-    assert outcomes == {"del": "deleted", "older": "skipped_stale", "newer": "written"}
+    assert outcomes == {"del": "deleted", "older": "skipped_stale", "newer": "ingested"}
     assert client.rows["x"]["tag"] == "newer"
 
 
@@ -292,8 +293,10 @@ def test_a_released_collection_and_its_tombstones_are_both_loaded_again() -> Non
             self.loaded: list[str] = []
 
         def get(self, collection: str, ids: list[str], output_fields: list[str]) -> list[dict]:
-            if "c_tombstones" not in self.loaded:
-                raise RuntimeError("collection c_tombstones is in state released")
+            if "c_tombstones" not in self.loaded:  # what Milvus answers (code 101)
+                raise MilvusException(
+                    code=101, message="Collection 'c_tombstones' is in state 'released'"
+                )
             return super().get(collection, ids, output_fields)
 
         def load_collection(self, name: str) -> None:
@@ -309,4 +312,4 @@ def test_a_released_collection_and_its_tombstones_are_both_loaded_again() -> Non
     _wait_for(results, 1)
     writer.close()
     assert client.loaded[:2] == ["c", "c_tombstones"]
-    assert [r.outcome for r in results] == ["written"]
+    assert [r.outcome for r in results] == ["ingested"]

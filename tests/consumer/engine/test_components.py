@@ -1,0 +1,253 @@
+"""The engine's components in-process, with fake edges: the dead-letter router across a
+re-assignment, the backfill's rate share, fetch completions as events, the shared backoff."""
+
+from __future__ import annotations
+
+import random
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+import pytest
+from confluent_kafka import TopicPartition
+
+from consumer.backoff import Backoff
+from consumer.engine.deadletters import DeadLetterRouter
+from consumer.engine.events import (
+    DeadLetterDelivered,
+    Events,
+    Fetched,
+    FetchFailed,
+)
+from consumer.engine.ledger import InFlightLedger, RawRecord
+from consumer.engine.loop import Engine
+from consumer.engine.plan import Plan
+from consumer.engine.runtime import SystemClock
+from consumer.engine.stages import Stages
+from consumer.fetch.exceptions import FetchFailed as FetchFailedError
+from consumer.inference import ModelSpec
+from consumer.observability.metrics import Metrics
+from consumer.settings import Settings
+from schemas import ErrorType, ImageMessage, Stage, Version
+
+KEY = ("t", 0)
+
+
+class FakeProducer:
+    """Records what is produced; ``poll`` reports every record delivered."""
+
+    def __init__(self) -> None:
+        self.produced: list[dict[str, Any]] = []
+        self._reports: list[Any] = []
+
+    def produce(self, topic: str, **kwargs: Any) -> None:
+        self.produced.append({"topic": topic, **kwargs})
+        self._reports.append(kwargs["on_delivery"])
+
+    def poll(self, timeout: float = -1) -> int:
+        reports, self._reports = self._reports, []
+        for report in reports:
+            report(None, None)
+        return len(reports)
+
+    def flush(self, timeout: float = -1) -> int:
+        return self.poll()
+
+
+def _admit(ledger: InFlightLedger, offset: int) -> Any:
+    ref = ledger.admit(KEY, offset)
+    assert ref is not None
+    ledger.record(ref, RawRecord(b"k", b"not json", 0, None, Version(1, 0, offset)))
+    return ref
+
+
+def _drain(router: DeadLetterRouter, events: Events) -> list[Any]:
+    router.poll()
+    delivered = []
+    while (event := events.take()) is not None:
+        assert isinstance(event, DeadLetterDelivered)
+        if router.delivered(event.job):
+            delivered.append(event.job.ref)
+    return delivered
+
+
+def test_a_dead_letter_delivered_before_a_reassignment_is_not_sent_again() -> None:
+    """Revoked before its commit (the commit failed, or the partition was lost) and given back,
+    a partition is read again from its last commit: a record this process already delivered to
+    the dead-letter topic is finished without a second copy (before: it was sent again)."""
+    ledger, events, producer = InFlightLedger(), Events(), FakeProducer()
+    router = DeadLetterRouter(
+        producer,
+        topic="dlq",
+        refused_timeout_s=60,
+        ledger=ledger,
+        events=events,
+        metrics=Metrics(),
+        clock=SystemClock(),
+        rng=random.Random(0),
+    )
+    ledger.advance(KEY)
+    ref = _admit(ledger, 3)
+    assert not router.route(ref, Stage.PARSE, ErrorType.INVALID_JSON, "bad")
+    assert _drain(router, events) == [ref]
+    ledger.retire(ref)
+    # lost before any commit: forgotten, then assigned again and read from offset 3 again
+    ledger.forget([KEY])
+    router.forget([KEY])
+    ledger.advance(KEY)
+    again = _admit(ledger, 3)
+    assert router.route(again, Stage.PARSE, ErrorType.INVALID_JSON, "bad"), "finished at once"
+    assert len(producer.produced) == 1, "delivered once, never sent again"
+    assert router.pending == 0
+    # once committed past it, the offset is forgotten (a later replay dead-letters it again)
+    router.committed({KEY: 4})
+    ledger.retire(again)
+    ledger.forget([KEY])
+    ledger.advance(KEY)
+    third = _admit(ledger, 3)
+    assert not router.route(third, Stage.PARSE, ErrorType.INVALID_JSON, "bad")
+    assert len(producer.produced) == 2
+
+
+def test_a_dead_letter_of_a_forgotten_partition_is_dropped_from_the_pending_count() -> None:
+    ledger, events, producer = InFlightLedger(), Events(), FakeProducer()
+    router = DeadLetterRouter(
+        producer,
+        topic="dlq",
+        refused_timeout_s=60,
+        ledger=ledger,
+        events=events,
+        metrics=Metrics(),
+        clock=SystemClock(),
+        rng=random.Random(0),
+    )
+    ledger.advance(KEY)
+    ref = _admit(ledger, 0)
+    router.route(ref, Stage.PARSE, ErrorType.INVALID_JSON, "bad")
+    job = producer.produced[0]["on_delivery"].args[0]
+    router.failed(job, None, "broker down")  # waits for a resend
+    assert router.pending == 1
+    router.forget([KEY])
+    assert router.pending == 0, "a drain must not wait for a forgotten partition's resend"
+
+
+class _AssignConsumer:
+    """What ``Engine._on_assign`` / ``_on_revoke`` call on the consumer."""
+
+    def __init__(self) -> None:
+        self.assigned: list[tuple[str, int]] = []
+
+    def committed(self, partitions: list[Any], timeout: float = -1) -> list[Any]:
+        return [TopicPartition(tp.topic, tp.partition, -1001) for tp in partitions]
+
+    def incremental_assign(self, partitions: list[Any]) -> None:
+        self.assigned += [(tp.topic, tp.partition) for tp in partitions]
+
+    def get_watermark_offsets(self, tp: Any, timeout: float = -1, cached: bool = False) -> Any:
+        return (0, 100)
+
+    def pause(self, partitions: list[Any]) -> None:
+        pass
+
+    def resume(self, partitions: list[Any]) -> None:
+        pass
+
+
+def test_a_backfill_worker_takes_its_share_of_the_plans_rate_after_each_assignment() -> None:
+    settings = Settings(topic="t", group="g", collection="c", until_end=True, max_rate=100.0)
+    engine = Engine(settings)
+    engine._plan = Plan("p", ends={0: 10, 1: 10, 2: 10, 3: 10}, starts={}, max_rate=40.0)
+    consumer = _AssignConsumer()
+    engine._on_assign(consumer, [TopicPartition("t", 0), TopicPartition("t", 1)])
+    assert engine._flow.limiter.rate == pytest.approx(20.0)  # 2 of 4 partitions of 40/s
+    engine._on_assign(consumer, [TopicPartition("t", 2)])
+    assert engine._flow.limiter.rate == pytest.approx(30.0)
+    engine._on_lost(consumer, [TopicPartition("t", 0), TopicPartition("t", 2)])
+    assert engine._flow.limiter.rate == pytest.approx(10.0)
+
+
+def _stages(io: Any, events: Events, ledger: InFlightLedger, fetcher: Any) -> Stages:
+    return Stages(
+        io=io,
+        infer=io,
+        fetcher=fetcher,
+        preprocessor=lambda squares: np.stack(squares),
+        inference=None,  # type: ignore[arg-type]
+        spec=ModelSpec("m", "1", "IMAGE", "FP32", "EMBEDDING", 3, 64, "python"),
+        submit=lambda ops: None,
+        ledger=ledger,
+        events=events,
+        metrics=Metrics(),
+        clock=SystemClock(),
+        rng=random.Random(0),
+        halt=threading.Event(),
+        batch_size=4,
+        infer_batch_size=4,
+        infer_threads=1,
+        canvas_px=64,
+        max_pixels=10**6,
+    )
+
+
+def test_fetch_completions_arrive_as_events_through_done_callbacks() -> None:
+    class Fetcher:
+        def fetch(self, uri: str) -> bytes:
+            if "bad" in uri:
+                raise FetchFailedError("no such image")
+            raise RuntimeError("boom")  # an unexpected failure: corrupt image
+
+        def close(self) -> None:
+            pass
+
+    ledger, events = InFlightLedger(), Events()
+    with ThreadPoolExecutor(2) as pool:
+        stages = _stages(pool, events, ledger, Fetcher())
+        ledger.advance(KEY)
+        first, second = _admit(ledger, 0), _admit(ledger, 1)
+        stages.fetch(first, ImageMessage.upsert("http://x/bad.jpg", id="a"))
+        stages.fetch(second, ImageMessage.upsert("http://x/other.jpg", id="b"))
+    seen = []
+    while (event := events.take()) is not None:
+        seen.append(event)
+    assert sorted((e.ref.offset, type(e).__name__) for e in seen) == [
+        (0, "FetchFailed"),
+        (1, "FetchFailed"),
+    ]
+    by_offset = {e.ref.offset: e for e in seen if isinstance(e, FetchFailed)}
+    assert by_offset[1].error_type is ErrorType.CORRUPT_IMAGE
+    assert stages.busy, "the main thread has not taken the events yet"
+    for _ in seen:
+        stages.fetch_ended()
+    assert not stages.busy
+
+
+def test_a_cancelled_fetch_is_reported_so_nothing_waits_for_it() -> None:
+    class Pool:
+        def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Future[Any]:
+            future: Future[Any] = Future()
+            future.cancel()
+            return future
+
+        def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+            pass
+
+    ledger, events = InFlightLedger(), Events()
+    stages = _stages(Pool(), events, ledger, None)
+    ledger.advance(KEY)
+    stages.fetch(_admit(ledger, 0), ImageMessage.upsert("http://x/a.jpg", id="a"))
+    event = events.take()
+    assert type(event).__name__ == "FetchCancelled"
+    assert not isinstance(event, Fetched)
+
+
+def test_backoff_doubles_up_to_its_cap_with_seeded_jitter() -> None:
+    backoff = Backoff(initial=0.1, cap=1.0, start=1, jitter=0.5, random=random.Random(7))
+    delays = [backoff.next_delay() for _ in range(6)]
+    highs = [0.2, 0.4, 0.8, 1.0, 1.0, 1.0]
+    assert all(h / 2 <= d <= h for d, h in zip(delays, highs, strict=True))
+    again = Backoff(initial=0.1, cap=1.0, start=1, jitter=0.5, random=random.Random(7))
+    assert [again.next_delay() for _ in range(6)] == delays, "the same seed, the same delays"
+    backoff.reset()
+    assert backoff.next_delay() <= 0.2
+    assert Backoff(initial=0.5, cap=5.0, jitter=0.0).next_delay() == 0.5
