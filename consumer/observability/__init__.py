@@ -18,8 +18,8 @@ from consumer.observability.metrics import (
     Metrics,
     Outcome,
     RetryOperation,
-    Stage,
 )
+from schemas.deadletter import Stage
 
 __all__ = [
     "HealthServer",
