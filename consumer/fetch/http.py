@@ -10,7 +10,7 @@ body sent anyway is inflated under the same byte limit.
 from __future__ import annotations
 
 import email.utils
-import random
+import math
 import ssl
 import time
 import zlib
@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from consumer.backoff import Backoff
 from consumer.fetch.addresses import AddressGuard, parse_numeric_host
 from consumer.fetch.exceptions import (
     FetchError,
@@ -117,8 +118,7 @@ class HttpDownloader:
 
     def _backoff_s(self, attempt: int, retry_after_s: float | None) -> float:
         """Exponential backoff with jitter (half to full step), at least a capped Retry-After."""
-        step = self._policy.backoff_s * 2 ** (attempt - 1)
-        delay = random.uniform(step / 2, step)
+        delay = Backoff(initial=self._policy.backoff_s, cap=math.inf).jittered(attempt)
         if retry_after_s is not None:
             delay = max(delay, min(retry_after_s, self._policy.max_retry_after_s))
         return delay

@@ -23,7 +23,7 @@ body is seen between reads and the total deadline holds while bytes trickle in.
 
 from __future__ import annotations
 
-import random
+import math
 import re
 import threading
 import time
@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import unquote
 
+from consumer.backoff import Backoff
 from consumer.fetch.exceptions import (
     AccessDenied,
     FetchError,
@@ -187,7 +188,7 @@ class S3Downloader:
             except _Transient as transient:
                 attempt += 1
                 error = transient.error
-                delay = random.uniform(0.5, 1.0) * policy.backoff_s * 2 ** (attempt - 1)
+                delay = Backoff(initial=policy.backoff_s, cap=math.inf).jittered(attempt)
                 if attempt > policy.retries or time.monotonic() + delay >= deadline:
                     tries = "1 attempt" if attempt == 1 else f"{attempt} attempts"
                     raise type(error)(f"{error.message} (after {tries})") from None
