@@ -49,7 +49,8 @@ def check_connection(s: Settings, timeout_s: float = CONNECT_CHECK_S) -> str | N
 
     conf = s.kafka_common()
     seen: list[Any] = []
-    probe = AdminClient({**conf, "error_cb": seen.append, "log_level": 0})
+    probe_conf: dict[str, Any] = {**conf, "error_cb": seen.append, "log_level": 0}
+    probe = AdminClient(probe_conf)
     deadline = time.monotonic() + timeout_s
     while True:
         try:

@@ -251,7 +251,7 @@ def load_oauth_cb(spec: str) -> OAuthCallback:
             raise ValueError(f"kafka_oauth_cb {spec!r}: {module_name} has no {attr}")
     if not callable(func):
         raise ValueError(f"kafka_oauth_cb {spec!r} is not callable")
-    return func  # type: ignore[return-value]
+    return func
 
 
 # --- secrets from files -----------------------------------------------------------------------

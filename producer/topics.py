@@ -170,9 +170,14 @@ def _ensure_retention(
     admin: AdminClient, name: str, partitions: int, retention_ms: int, timeout_s: float
 ) -> TopicOutcome:
     resource = ConfigResource(ConfigResource.Type.TOPIC, name)
-    current = admin.describe_configs([resource], request_timeout=timeout_s)[resource].result(
-        timeout_s
-    )
+    try:
+        current = admin.describe_configs([resource], request_timeout=timeout_s)[resource].result(
+            timeout_s
+        )
+    except KafkaException as exc:  # e.g. no DescribeConfigs ACL: nothing to compare with
+        return TopicOutcome(
+            name, "exists", partitions, f"retention.ms not checked ({exc.args[0].name()})"
+        )
     entry = current.get("retention.ms")
     if entry is not None and entry.value == str(retention_ms):
         return TopicOutcome(name, "exists", partitions, f"retention.ms {retention_ms}")
@@ -185,5 +190,10 @@ def _ensure_retention(
             )
         ],
     )
-    admin.incremental_alter_configs([change], request_timeout=timeout_s)[change].result(timeout_s)
+    try:
+        admin.incremental_alter_configs([change], request_timeout=timeout_s)[change].result(
+            timeout_s
+        )
+    except KafkaException as exc:
+        raise TopicConflict(f"cannot set retention.ms of {name}: {exc.args[0].str()}") from None
     return TopicOutcome(name, "updated", partitions, f"retention.ms {retention_ms}")

@@ -114,3 +114,43 @@ def test_missing_acl_over_mtls(scenario: Scenario) -> None:
     scenario.grant(group_read=False)
     line = _assert_fails_fast(_run(scenario, scenario.client_env("MTLS")), "Kafka ACL missing")
     assert "CN=embedder" in line
+
+
+def _check(sc: Scenario, env: dict[str, str]) -> CliRun:
+    closed = free_port()
+    full = {
+        "MILVUS_URI": f"http://127.0.0.1:{closed}",
+        "TRITON_URL": f"grpc://127.0.0.1:{closed}",
+        ENV + "GROUP": sc.group,
+        **env,
+    }
+    return run_cli("consumer", ["check", "--topic", sc.topic], full, timeout_s=180)
+
+
+def _lines(run: CliRun) -> dict[str, str]:
+    found = {}
+    for line in run.stdout.splitlines():
+        mark, _, rest = line.partition(" ")
+        name, _, detail = rest.strip().partition(": ")
+        found[name] = f"{mark.strip()} {detail}"
+    return found
+
+
+def test_check_reports_each_missing_acl_separately(scenario: Scenario) -> None:
+    scenario.grant(group_read=False, dlq_write=False)
+    run = _check(scenario, scenario.client_env())
+    lines = _lines(run)
+    assert run.returncode == 1
+    assert lines["kafka"].startswith("ok"), lines
+    assert lines["topic-acl"].startswith("ok"), lines
+    assert lines["group-acl"].startswith("FAIL") and scenario.group in lines["group-acl"]
+    assert lines["dead-letter-acl"].startswith("FAIL") and scenario.dlq in lines["dead-letter-acl"]
+
+
+def test_check_names_the_authentication_failure(scenario: Scenario) -> None:
+    scenario.grant()
+    run = _check(scenario, scenario.client_env(password="not-the-password"))
+    lines = _lines(run)
+    assert run.returncode == 1
+    assert lines["kafka"].startswith("FAIL Kafka authentication failed"), lines
+    assert "not-the-password" not in run.output
