@@ -251,3 +251,77 @@ def test_backoff_doubles_up_to_its_cap_with_seeded_jitter() -> None:
     backoff.reset()
     assert backoff.next_delay() <= 0.2
     assert Backoff(initial=0.5, cap=5.0, jitter=0.0).next_delay() == 0.5
+
+
+class _FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def time(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+    def wait(self, event: threading.Event, seconds: float | None) -> bool:
+        self.now += seconds or 0
+        return event.is_set()
+
+
+class _CommitsConsumer:
+    """The group's commits of every partition, as ``committed()`` returns them."""
+
+    def __init__(self, plan: Plan) -> None:
+        self.plan = plan
+        self.at = {p: plan.starts.get(p, 0) for p in plan.ends}
+        self.asked: list[list[int]] = []
+
+    def committed(self, partitions: list[Any], timeout: float = -1) -> list[Any]:
+        self.asked.append([tp.partition for tp in partitions])
+        return [
+            TopicPartition(
+                "t", tp.partition, self.at[tp.partition], self.plan.metadata(tp.partition)
+            )
+            for tp in partitions
+        ]
+
+
+def test_a_backfills_remaining_messages_are_reported_every_15_s_of_the_runtime_clock() -> None:
+    """From the commits of *all* the plan's partitions (other workers' too), not only the
+    assigned ones; at most every 15 s of the runtime clock."""
+    from consumer.engine.assignments import Assignments
+    from consumer.engine.committer import REMAINING_INTERVAL_S, Committer
+
+    plan = Plan("p", ends={0: 10, 1: 20, 2: 30}, starts={0: 0, 1: 5, 2: 10})
+    consumer, clock, metrics = _CommitsConsumer(plan), _FakeClock(), Metrics()
+    assignments = Assignments()
+    assignments.assign(("t", 0), 1)  # this worker holds one partition of three
+    committer = Committer(
+        consumer,  # type: ignore[arg-type]
+        topic="t",
+        ledger=InFlightLedger(),
+        assignments=assignments,
+        plan=plan,
+        metrics=metrics,
+        clock=clock,
+        commit_interval_s=1.0,
+        on_committed=lambda committed: None,
+    )
+
+    def gauge() -> float | None:
+        return metrics.registry.get_sample_value("image_embedder_backfill_remaining_messages")
+
+    committer.report_remaining()
+    assert consumer.asked == [[0, 1, 2]]
+    assert gauge() == 10 + 15 + 20
+    consumer.at = {0: 10, 1: 12, 2: 30}  # another worker finished partition 2
+    clock.now += REMAINING_INTERVAL_S - 1
+    committer.report_remaining()
+    assert len(consumer.asked) == 1, "not before 15 s"
+    clock.now += 1
+    committer.report_remaining()
+    assert gauge() == 8
+    assert REMAINING_INTERVAL_S == 15.0
