@@ -75,13 +75,14 @@ unit: setup ## Run the fast tests alone (no servers: neither integration nor slo
 	$(PY) -m pytest -m "not integration and not slow" $(PYTEST_ARGS)
 
 .PHONY: typecheck
-typecheck: setup ## mypy --strict on consumer/ and schemas/ (configured in pyproject.toml)
+typecheck: setup ## mypy --strict on consumer/ and schemas/ alone (part of `make lint`)
 	$(VENV)/bin/mypy
 
 .PHONY: lint
-lint: setup $(HELM_BIN) ## ruff, hadolint and helm lint
+lint: setup $(HELM_BIN) ## ruff, mypy --strict, hadolint and helm lint
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 	$(VENV)/bin/hadolint docker/consumer.Dockerfile docker/serving.Dockerfile
 	$(MAKE) --no-print-directory helm-lint
 
