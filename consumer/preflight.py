@@ -26,11 +26,12 @@ def check_kafka(admin: Any, s: Settings) -> None:
     the JAX warm-up.
     """
     failure = check_connection(s)
-    if failure is not None:
+    if failure:
         raise EngineFatalError(failure)
-    for _name, passed, detail in acl_checks(admin, s):
-        if not passed:
-            raise EngineFatalError(detail)
+    if failure is None:  # the broker answered; else the consumer waits for it as before
+        for _name, passed, detail in acl_checks(admin, s):
+            if not passed:
+                raise EngineFatalError(detail)
     check_dead_letter_topic(admin, s)
 
 
@@ -39,10 +40,15 @@ def check_kafka(admin: Any, s: Settings) -> None:
 CONNECT_CHECK_S = 15.0
 
 
+#: What ``check_connection`` returns when the broker did not answer (not a security failure)
+NO_ANSWER = ""
+
+
 def check_connection(s: Settings, timeout_s: float = CONNECT_CHECK_S) -> str | None:
     """The one-line cause when the broker refuses the connection for a security reason
     (authentication, an untrusted CA, a host name mismatch, a refused client certificate);
-    ``None`` when a metadata request goes through, or when the broker is only unreachable."""
+    ``None`` when a metadata request goes through; ``NO_ANSWER`` when the broker did not
+    answer within ``timeout_s`` (the consumer then waits for it as usual)."""
     from confluent_kafka.admin import AdminClient
 
     from consumer.security import classify, explain
@@ -66,7 +72,7 @@ def check_connection(s: Settings, timeout_s: float = CONNECT_CHECK_S) -> str | N
         seen.clear()
         if time.monotonic() >= deadline:
             log.warning("Kafka does not answer yet", bootstrap_servers=s.bootstrap_servers)
-            return None
+            return NO_ANSWER
 
 
 def _authorized(future: Any) -> tuple[set[str] | None, KafkaError | None]:

@@ -490,7 +490,7 @@ def run_checks(s: Settings) -> list[tuple[str, bool, str]]:
     topics: dict[str, Any] | None = None
     refused = preflight.check_connection(s, timeout_s=10)  # authentication, TLS: the cause
     try:
-        if refused is not None:
+        if refused:
             raise RuntimeError(refused)
         admin = AdminClient(s.kafka_common())
         meta = admin.list_topics(timeout=10)
