@@ -22,11 +22,8 @@ import contextlib
 import signal
 import threading
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
-from enum import StrEnum
 from typing import Any, assert_never
 
-import orjson
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from consumer import preflight
@@ -53,6 +50,7 @@ from consumer.engine.events import (
 from consumer.engine.exceptions import EngineFatalError
 from consumer.engine.flow import FlowControl
 from consumer.engine.ledger import InFlightLedger, RawRecord
+from consumer.engine.outcome import RunOutcome, RunSummary
 from consumer.engine.plan import Plan
 from consumer.engine.runtime import (
     Edges,
@@ -66,9 +64,10 @@ from consumer.engine.runtime import (
 from consumer.engine.stages import Stages
 from consumer.engine.wiring import (
     collection_contract,
-    dead_letter_max_bytes,
+    consumer_conf,
+    dead_letter_producer_conf,
     fetch_policy,
-    tombstone_retention_s,
+    make_writer,
     triton_endpoint,
 )
 from consumer.observability.logging import get_logger
@@ -82,8 +81,6 @@ from consumer.sink import (
     WriteResult,
     collection_name,
 )
-from consumer.sink.neardup import NearDuplicates
-from consumer.sink.tombstones import Tombstones
 from schemas import (
     ErrorType,
     InvalidMessage,
@@ -97,40 +94,6 @@ from schemas import (
 __all__ = ["Engine", "Ref", "RunOutcome", "RunSummary"]
 
 log = get_logger("consumer.engine")
-
-
-class RunOutcome(StrEnum):
-    """How a run ended; the CLI picks its exit status from it."""
-
-    FINISHED = "finished"  # a bounded run reached its end offsets
-    STOPPED = "stopped"  # an unbounded run stopped by a signal (drained and committed)
-    STOPPED_EARLY = "stopped_early"  # a bounded run stopped before its end: run it again
-    ABORTED = "aborted"  # a second SIGINT: stopped at once, nothing more committed
-
-
-@dataclass
-class RunSummary:
-    """Counts per outcome for one run; printed at the end and written with --summary-json."""
-
-    ingested: int = 0
-    deleted: int = 0
-    dead_lettered: int = 0
-    skipped_stale: int = 0
-    superseded: int = 0
-    seconds: float = 0.0
-    startup_seconds: float = 0.0  # connecting, checking the model, compiling, joining the group
-    images_per_second: float = 0.0  # ingested rows per second from the first message on
-    dead_letters_by_type: dict[str, int] = field(default_factory=dict)
-    committed: dict[str, int] = field(default_factory=dict)
-    outcome: RunOutcome = RunOutcome.STOPPED
-
-    def to_json(self) -> bytes:
-        return orjson.dumps(asdict(self), option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS)
-
-    def done(self) -> int:
-        return (
-            self.ingested + self.deleted + self.dead_lettered + self.skipped_stale + self.superseded
-        )
 
 
 class Engine:
@@ -221,19 +184,20 @@ class Engine:
             self._runtime = Runtime.system(s)
         runtime = self._runtime
         configs = preflight.topic_configs(admin, [s.topic or "", s.dead_letter_topic])
-        self._writer = self._make_writer(configs, runtime)
+        self._writer = make_writer(
+            self._milvus,
+            self.collection_name,
+            s,
+            configs,
+            metrics=self.metrics,
+            runtime=runtime,
+            on_results=lambda results: self._events.put(WriteAcknowledged(tuple(results))),
+            # an old owner's rows (the partition moved on) are dropped, never written late
+            is_latest=self._ledger.is_latest,
+        )
         self._writer.start()
         producer = edges.dead_letter_producer(
-            {
-                **s.kafka_common(),
-                "enable.idempotence": True,
-                "acks": "all",
-                "linger.ms": 5,
-                "compression.type": "zstd",
-                # every record the source topic accepts must fit, with its dead-letter headers
-                "message.max.bytes": dead_letter_max_bytes(configs.get(s.topic or "", {})),
-                "error_cb": self._on_kafka_error,
-            }
+            dead_letter_producer_conf(s, configs, self._on_kafka_error)
         )
         self._router = DeadLetterRouter(
             producer,
@@ -265,7 +229,14 @@ class Engine:
             canvas_px=s.canvas_px,
             max_pixels=s.max_pixels,
         )
-        self._consumer = consumer = edges.kafka_consumer(self._consumer_conf())
+        self._consumer = consumer = edges.kafka_consumer(
+            consumer_conf(
+                s,
+                bounded=self._bounded,
+                on_error=self._on_kafka_error,
+                on_stats=self.metrics.update_from_librdkafka_stats,
+            )
+        )
         if backfill_plan.applies(self.settings):  # a backfill: made once, resumed
             self._plan = self._prepare_plan(consumer)
         self._committer = Committer(
@@ -285,57 +256,6 @@ class Engine:
             on_revoke=self._on_revoke,
             on_lost=self._on_lost,
         )
-
-    def _make_writer(self, configs: dict[str, dict[str, str]], runtime: Runtime) -> MilvusWriter:
-        s = self.settings
-        assert self._milvus is not None
-        tombstones = Tombstones(self._milvus, self.collection_name)
-        tombstones.ensure()
-        near_duplicates = None
-        if s.near_duplicate_threshold is not None:
-            near_duplicates = NearDuplicates(
-                self._milvus,
-                self.collection_name,
-                s.near_duplicate_threshold,
-                on_flagged=self.metrics.record_near_duplicates,
-            )
-            near_duplicates.ensure()
-        return MilvusWriter(
-            self._milvus,
-            self.collection_name,
-            on_results=lambda results: self._events.put(WriteAcknowledged(tuple(results))),
-            # an old owner's rows (the partition moved on) are dropped, never written late
-            is_latest=self._ledger.is_latest,
-            rewrite_same_version=s.rewrite_same_version,
-            tombstones=tombstones,
-            tombstone_retention_s=tombstone_retention_s(s, configs),
-            batch_rows=s.write_batch_rows,
-            max_age_s=s.write_max_age_s,
-            flush_interval_s=s.flush_interval_s,
-            on_retry=lambda exc, delay: self.metrics.record_retry(RetryOperation.MILVUS),
-            on_write_seconds=lambda sec: self.metrics.observe_stage("write", sec),
-            near_duplicates=near_duplicates,
-            clock=runtime.clock,
-            rng=runtime.random,
-            start_thread=runtime.start_thread,
-        )
-
-    def _consumer_conf(self) -> dict[str, Any]:
-        s = self.settings
-        return {
-            **s.kafka_common(),
-            "group.id": s.group,
-            "enable.auto.commit": False,
-            "enable.auto.offset.store": False,
-            "auto.offset.reset": "earliest",
-            "partition.assignment.strategy": "cooperative-sticky",
-            "session.timeout.ms": s.session_timeout_ms,
-            "max.poll.interval.ms": s.max_poll_interval_ms,
-            "enable.partition.eof": self._bounded,
-            "error_cb": self._on_kafka_error,
-            "statistics.interval.ms": 5000,
-            "stats_cb": self.metrics.update_from_librdkafka_stats,
-        }
 
     def _prepare_plan(self, consumer: KafkaConsumerLike) -> Plan:
         plan, made = backfill_plan.prepare(consumer, self.settings)

@@ -9,19 +9,25 @@ from __future__ import annotations
 import os
 import sys
 import threading
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from confluent_kafka import KafkaError
+
 from consumer.backoff import Backoff
 from consumer.engine.exceptions import EngineFatalError
-from consumer.engine.runtime import Clock, SystemClock
+from consumer.engine.runtime import Clock, MilvusLike, Runtime, SystemClock
 from consumer.fetch import FetchPolicy
 from consumer.inference import InferenceUnavailableError, ModelMismatchError, ModelSpec
 from consumer.inference.client import TritonEndpoint, read_model_spec
 from consumer.observability.logging import get_logger
+from consumer.observability.metrics import Metrics, RetryOperation
 from consumer.settings import Settings
-from consumer.sink import CollectionContract
+from consumer.sink import CollectionContract, MilvusWriter, WriteOp, WriteResult
+from consumer.sink.neardup import NearDuplicates
+from consumer.sink.tombstones import Tombstones
 from schemas import preprocessing as contract
 
 log = get_logger("consumer.engine")
@@ -153,3 +159,88 @@ def lower_thread_priority(niceness: int) -> None:
 def now_iso() -> str:
     """The wall-clock time now, ISO 8601 in UTC."""
     return datetime.now(UTC).isoformat()
+
+
+def consumer_conf(
+    s: Settings,
+    *,
+    bounded: bool,
+    on_error: Callable[[KafkaError], None],
+    on_stats: Callable[[str], None],
+) -> dict[str, Any]:
+    """The engine's Kafka consumer: manual commits, cooperative rebalancing, EOF events for a
+    bounded run."""
+    return {
+        **s.kafka_common(),
+        "group.id": s.group,
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "auto.offset.reset": "earliest",
+        "partition.assignment.strategy": "cooperative-sticky",
+        "session.timeout.ms": s.session_timeout_ms,
+        "max.poll.interval.ms": s.max_poll_interval_ms,
+        "enable.partition.eof": bounded,
+        "error_cb": on_error,
+        "statistics.interval.ms": 5000,
+        "stats_cb": on_stats,
+    }
+
+
+def dead_letter_producer_conf(
+    s: Settings, configs: dict[str, dict[str, str]], on_error: Callable[[KafkaError], None]
+) -> dict[str, Any]:
+    """The dead-letter producer: idempotent, every record the source topic accepts fits."""
+    return {
+        **s.kafka_common(),
+        "enable.idempotence": True,
+        "acks": "all",
+        "linger.ms": 5,
+        "compression.type": "zstd",
+        # every record the source topic accepts must fit, with its dead-letter headers
+        "message.max.bytes": dead_letter_max_bytes(configs.get(s.topic or "", {})),
+        "error_cb": on_error,
+    }
+
+
+def make_writer(
+    milvus: MilvusLike,
+    collection: str,
+    s: Settings,
+    configs: dict[str, dict[str, str]],
+    *,
+    metrics: Metrics,
+    runtime: Runtime,
+    on_results: Callable[[list[WriteResult]], None],
+    is_latest: Callable[[WriteOp], bool],
+) -> MilvusWriter:
+    """The Milvus writer with its tombstones (and near-duplicate check when set), on the
+    runtime's clock, random source and thread."""
+    tombstones = Tombstones(milvus, collection)
+    tombstones.ensure()
+    near_duplicates = None
+    if s.near_duplicate_threshold is not None:
+        near_duplicates = NearDuplicates(
+            milvus,
+            collection,
+            s.near_duplicate_threshold,
+            on_flagged=metrics.record_near_duplicates,
+        )
+        near_duplicates.ensure()
+    return MilvusWriter(
+        milvus,
+        collection,
+        on_results=on_results,
+        is_latest=is_latest,
+        rewrite_same_version=s.rewrite_same_version,
+        tombstones=tombstones,
+        tombstone_retention_s=tombstone_retention_s(s, configs),
+        batch_rows=s.write_batch_rows,
+        max_age_s=s.write_max_age_s,
+        flush_interval_s=s.flush_interval_s,
+        on_retry=lambda exc, delay: metrics.record_retry(RetryOperation.MILVUS),
+        on_write_seconds=lambda sec: metrics.observe_stage("write", sec),
+        near_duplicates=near_duplicates,
+        clock=runtime.clock,
+        rng=runtime.random,
+        start_thread=runtime.start_thread,
+    )
