@@ -116,16 +116,24 @@ class FileReader:
                 before.st_ino,
             ):
                 raise ForbiddenPath(f"{shown} changed while being opened")
-            return self._read_bounded(fd, shown)
+            return self._read_bounded(fd, shown, opened.st_size)
         finally:
             os.close(fd)
 
-    def _read_bounded(self, fd: int, shown: str) -> bytes:
-        body = bytearray()
-        while True:
-            chunk = os.read(fd, min(_READ_BYTES, self._max_bytes + 1 - len(body)))
-            if not chunk:
-                return bytes(body)
+    def _read_bounded(self, fd: int, shown: str, size: int = 0) -> bytes:
+        """The file's bytes, at most the limit. A file of the ``size`` its ``fstat`` gave is read
+        in one ``read`` into its final ``bytes`` (no chunks to join: photo-sized files are
+        megabytes); one that grew meanwhile goes on in chunks, still cut at the limit."""
+        first = os.read(fd, min(max(size, _READ_BYTES), self._max_bytes) + 1)
+        if len(first) > self._max_bytes:
+            raise TooLarge(f"{shown} is larger than the {self._max_bytes} bytes allowed")
+        chunk = os.read(fd, min(_READ_BYTES, self._max_bytes + 1 - len(first))) if first else b""
+        if not chunk:
+            return first
+        body = bytearray(first)
+        while chunk:
             body.extend(chunk)
             if len(body) > self._max_bytes:
                 raise TooLarge(f"{shown} is larger than the {self._max_bytes} bytes allowed")
+            chunk = os.read(fd, min(_READ_BYTES, self._max_bytes + 1 - len(body)))
+        return bytes(body)

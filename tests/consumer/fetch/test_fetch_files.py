@@ -210,3 +210,42 @@ def test_unsupported_schemes(make_fetcher: MakeFetcher, uri: str) -> None:
     with pytest.raises(FetchError) as caught:
         make_fetcher(FetchPolicy()).fetch(uri)
     assert caught.value.error_type is ErrorType.UNSUPPORTED_SCHEME
+
+
+def _feed(fd: int, body: bytes) -> None:
+    """Write ``body`` into a pipe, then close it (a reader that stops early ends the write)."""
+    try:
+        os.write(fd, body)
+    except BrokenPipeError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("size_hint", [0, 10, 3 * 1024 * 1024])
+def test_a_read_whatever_the_size_given_returns_the_whole_file_or_cuts_at_the_limit(
+    size_hint: int,
+) -> None:
+    """The one-read fast path and the chunked rest agree: a file that grew after its ``fstat``
+    (here: a pipe, whose size is unknown) is read whole, and cut once it passes the limit."""
+    import threading
+
+    from consumer.fetch import FetchPolicy
+    from consumer.fetch.files import FileReader
+
+    body = os.urandom(2 * 1024 * 1024 + 17)  # more than one chunk
+    for limit, whole in ((len(body), True), (len(body) - 1, False)):
+        reader = FileReader(FetchPolicy(max_bytes=limit))
+        read_end, write_end = os.pipe()
+        writer = threading.Thread(target=_feed, args=(write_end, body))
+        writer.start()
+        try:
+            if whole:
+                assert reader._read_bounded(read_end, "pipe", size_hint) == body
+            else:
+                with pytest.raises(TooLarge, match="larger than"):
+                    reader._read_bounded(read_end, "pipe", size_hint)
+        finally:
+            os.close(read_end)
+            writer.join(10)
+        assert not writer.is_alive()
