@@ -337,13 +337,17 @@ def run_section(
 
 
 def ratios(sources: dict[str, dict[str, Any]]) -> dict[str, float]:
-    """``http_over_file`` and ``s3_over_file`` (images/s on the one core), where measured."""
-    base = (sources.get("file") or {}).get("images_per_s")
+    """``http_over_file`` and ``s3_over_file``, where measured: of the images/s on the one core,
+    and (``..._per_cpu_s``) of the images per consumer CPU second, the figure that other
+    processes taking a share of the core do not move."""
+    file = sources.get("file") or {}
     out = {}
     for source in ("http", "s3"):
-        rate = (sources.get(source) or {}).get("images_per_s")
-        if base and rate:
-            out[f"{source}_over_file"] = round(rate / base, 3)
+        other = sources.get(source) or {}
+        for key, suffix in (("images_per_s", ""), ("images_per_cpu_s", "_per_cpu_s")):
+            base, value = file.get(key), other.get(key)
+            if base and value:
+                out[f"{source}_over_file{suffix}"] = round(value / base, 3)
     return out
 
 

@@ -84,7 +84,12 @@ def test_consumer_bound_section_reports_every_source(
         threads = fig["thread_cpu_ms_per_image"]
         assert sum(threads.values()) == pytest.approx(fig["cpu_ms_per_image"], rel=0.05)
         assert {"fetch", "decode", "preprocess", "infer", "write"} <= set(fig["stage_ms_per_image"])
-    for name in ("http_over_file", "s3_over_file"):
+    for name in (
+        "http_over_file",
+        "s3_over_file",
+        "http_over_file_per_cpu_s",
+        "s3_over_file_per_cpu_s",
+    ):
         assert 0 < section["ratios"][name] <= 2.0, (name, section["ratios"])
     table = results["ratios"]
     assert set(table) == {
@@ -97,5 +102,5 @@ def test_consumer_bound_section_reports_every_source(
     assert [row["model_images_per_s"] for row in cost["at"]] == [1000, 5000, 20000]
     cores = [row["consumer_cores"] for row in cost["at"]]
     assert cores == sorted(cores) and cores[0] >= 1
-    assert "consumer-bound file:// / decode floor" in proc.stdout
+    assert "consumer-bound file:// / decode floor, per CPU s" in proc.stdout
     assert json_path.with_suffix(".png").stat().st_size > 10_000

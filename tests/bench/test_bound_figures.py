@@ -76,7 +76,7 @@ def test_summary_ratios_and_cost_model() -> None:
     assert fig["cpu_over_decode_floor"] == 0.625
     assert fig["main_thread_cpu_ms_per_image"] == 1.0
     assert fig["core_busy_by_others"] == pytest.approx(0.1)
-    assert bound.ratios(sources) == {"s3_over_file": 0.9}
+    assert bound.ratios(sources) == {"s3_over_file": 0.9, "s3_over_file_per_cpu_s": 0.909}
     section = {"dataset": {"file_kib": {"mean": 1000.0}}, "sources": sources}
     cost = bound.cost_model(section)
     assert cost is not None
