@@ -249,6 +249,9 @@ class PlanWatcher:
     on_complete: Callable[[], None]
     set_remaining: Callable[[int], None] | None = None
     interval_s: float = 2.0
+    #: No stop before this: a worker that holds partitions of a finished plan ends by itself
+    #: (the engine's own end check) once it joined; the watcher is for workers that hold none.
+    first_stop_s: float = 10.0
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
     _complete: bool = False
@@ -287,9 +290,10 @@ class PlanWatcher:
 
     def _run(self) -> None:
         consumer = _consumer(self.settings)
+        earliest = time.monotonic() + self.first_stop_s
         try:
             while not self._stop.wait(self.interval_s):
-                if self._check(consumer):
+                if self._check(consumer) and time.monotonic() >= earliest:
                     self._complete = True
                     self.on_complete()
                     return
