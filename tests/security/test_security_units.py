@@ -197,3 +197,27 @@ def test_oauth_cb_hook_is_called_by_librdkafka() -> None:
 def test_a_bad_oauth_cb_is_a_clear_error(spec: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         load_oauth_cb(spec)
+
+
+def test_kafka_credentials_from_a_config_file_and_a_password_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The --config file holds the connection settings; the password stays in its own file
+    (files beat the config file), and hostname verification is left at librdkafka's default."""
+    config = tmp_path / "consumer.toml"
+    config.write_text(
+        'kafka_security_protocol = "SASL_SSL"\n'
+        'kafka_sasl_mechanism = "SCRAM-SHA-512"\n'
+        'kafka_sasl_username = "embedder"\n'
+        'kafka_sasl_password = "from-config"\n'
+        'kafka_ssl_ca_location = "/etc/ca.pem"\n'
+    )
+    secret = tmp_path / "password"
+    secret.write_text("from-file\n")
+    s = Settings(config_file=config)
+    assert s.kafka_common()["sasl.password"] == "from-config"
+    monkeypatch.setenv("IMAGE_EMBEDDER_KAFKA_SASL_PASSWORD_FILE", str(secret))
+    conf = Settings(config_file=config).kafka_common()
+    assert conf["sasl.password"] == "from-file"
+    assert conf["security.protocol"] == "SASL_SSL" and conf["ssl.ca.location"] == "/etc/ca.pem"
+    assert "ssl.endpoint.identification.algorithm" not in conf  # librdkafka's default: https
