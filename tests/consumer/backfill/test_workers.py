@@ -208,3 +208,38 @@ def test_a_worker_without_a_plan_exits_1_and_says_what_to_do(
         kafka_bootstrap, "run", "--topic", unique_name, "--group", unique_name, "--from", "earliest"
     )
     assert refused.returncode == 2 and "belongs to the plan" in refused.stderr
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="engine: a backfill worker whose own partitions are done ends at once; it should "
+    "stay in the group (a standby) until plan.complete() over the group's commits",
+)
+def test_no_worker_ends_before_the_whole_plan_is_done(
+    kafka_bootstrap: str,
+    milvus_uri: str,
+    triton_grpc_url: str,
+    photo_dir: Path,
+    worker: Callable[..., WorkerProcess],
+    unique_name: str,
+) -> None:
+    """A worker that finished its partitions while another still works stays, so that a Job's
+    pods do not succeed while part of the plan has nobody left to take it over."""
+    partitions = 2
+    topic = group = unique_name
+    create_topic(kafka_bootstrap, topic, partitions=partitions)
+    planned = _records(photo_dir, "m", 40, partitions)
+    publish(kafka_bootstrap, topic, planned)
+    common = ("--topic", topic, "--group", group)
+    made = backfill_command(kafka_bootstrap, "plan", *common, "--from", "earliest", "--until-end")
+    assert made.returncode == 0, made.stderr
+    servers = {"kafka": kafka_bootstrap, "milvus": milvus_uri, "triton": triton_grpc_url}
+    args = (*common, "--collection", topic, "--file-root", str(photo_dir))
+    slow = worker(*args, "--max-rate", "1", env=FAST, **servers)
+    wait_until(lambda: len(_held(slow)) == partitions, "the first worker holds both", alive=[slow])
+    fast = worker(*args, env=FAST, **servers)
+    wait_until(lambda: bool(_held(fast)), "the second worker took a partition", alive=[fast])
+    assert fast.wait() == 0, fast.log_tail()
+    done_when_fast_ended = committed_offsets(kafka_bootstrap, group, topic)
+    assert slow.wait() == 0, slow.log_tail()
+    assert done_when_fast_ended == {p: 40 for p in range(partitions)}, "ended before the plan"
