@@ -55,6 +55,20 @@ def test_batch_equals_single_and_pads_to_buckets(pre: Preprocessor) -> None:
     assert pre.bucket_for(3) == 4
 
 
+@pytest.mark.parametrize("side", [256, 259, 300, 511])
+def test_pixels_left_on_the_reused_canvas_are_never_read(pre: Preprocessor, side: int) -> None:
+    """The canvas is reused between calls: a small square after a large bright one (whose
+    pixels stay beyond the small one's side) gives exactly what a fresh canvas gives."""
+    rng = np.random.default_rng(side)
+    small = rng.integers(0, 256, (side, side, 3), dtype=np.uint8)
+    fresh = Preprocessor(canvas_px=512, buckets=(1, 4))
+    expected = fresh([small])
+    pre([np.full((512, 512, 3), 255, np.uint8)] * 4)  # fill every slot of the 4-bucket
+    pre([np.full((512, 512, 3), 255, np.uint8)])  # and of the 1-bucket
+    np.testing.assert_array_equal(pre([small]), expected)
+    np.testing.assert_array_equal(pre([small, small])[1], expected[0])
+
+
 def test_fit_to_canvas_cuts_the_centre_square_and_reduces_large_ones() -> None:
     wide = np.zeros((300, 900, 3), np.uint8)
     wide[:, 300:600] = 200
