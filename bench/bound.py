@@ -356,15 +356,15 @@ def cost_model(
 ) -> dict[str, Any] | None:
     """Consumer cores, memory, partitions and fetch bandwidth per GPU at ``model_rates``.
 
-    From the measured ``file://`` figures (and ``s3://`` for the object-storage case): one
-    consumer process per core (its rate per core), its peak memory each, at least one partition
-    per process; one process tops out where its main thread is busy all the time
-    (1000 / main-thread ms per image).
+    From each source's measured figures: one consumer process per core, delivering its images
+    per CPU second (what a core of its own gives: on a shared machine other processes take part
+    of the measured core), its peak memory each, at least one partition per process; one process
+    tops out where its main thread is busy all the time (1000 / main-thread ms per image).
     """
     bytes_kib = (section.get("dataset") or {}).get("file_kib", {}).get("mean")
     out: dict[str, Any] = {"mean_image_kib": bytes_kib, "per_source": {}}
     for source, figures in (section.get("sources") or {}).items():
-        per_core = figures.get("images_per_s")
+        per_core = figures.get("images_per_cpu_s") or figures.get("images_per_s")
         if not per_core:
             continue
         main_ms = figures.get("main_thread_cpu_ms_per_image")

@@ -81,8 +81,8 @@ def test_summary_ratios_and_cost_model() -> None:
     cost = bound.cost_model(section)
     assert cost is not None
     rows = cost["per_source"]["file"]["at"]
-    assert [r["consumer_cores"] for r in rows] == [25, 125, 500]
-    assert rows[0]["memory_gib"] == 12.5
+    assert [r["consumer_cores"] for r in rows] == [20, 100, 400]  # 50 images per CPU second
+    assert rows[0]["memory_gib"] == 10.0
     assert rows[0]["fetch_mbit_per_s"] == 8192
     assert cost["per_source"]["file"]["process_main_thread_limit_images_per_s"] == 1000.0
     assert bound.cost_model({"sources": {}}) is None
