@@ -401,12 +401,14 @@ def search(
         raise typer.Exit(EXIT_FATAL)
     searcher = q.Searcher(s)
     try:
-        searcher.open()
-        shown = searcher.check_output_fields(fields)
+        # the servers and their checks on a thread while JAX compiles here (one start-up)
+        searcher.start(fields, filter_expr or "")
+        try:
+            prepared = searcher.preprocess(queries)
+        finally:
+            shown = searcher.wait()  # the servers' errors first: they say what to fix
         wanted = shown if contact_sheet is None or "uri" in shown else [*shown, "uri"]
-        if filter_expr:
-            searcher.check_filter(filter_expr)
-        searcher.embed(queries)
+        searcher.infer(prepared)
         searcher.search(
             queries, top_k, filter_expr or "", wanted, collapse_duplicates=collapse_duplicates
         )

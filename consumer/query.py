@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,10 @@ from consumer.settings import Settings
 
 if TYPE_CHECKING:  # imported lazily at run time: a search starts faster
     from consumer.fetch import Fetcher
+
+
+#: Queries to infer and their model input, in order (``None``: nothing to infer).
+Prepared = tuple[list["Query"], "np.ndarray | None"]
 
 
 class QueryError(RuntimeError):
@@ -128,27 +133,34 @@ def load_queries(s: Settings, images: Sequence[str]) -> list[Query]:
     from consumer.fetch import FetchError, decode_image
     from schemas import preprocessing as contract
 
-    queries = []
     fetcher = None
+    if any("://" in image and not image.startswith("file://") for image in images):
+        fetcher = make_fetcher(s)
+
+    def load(image: str) -> Query:
+        query = Query(image)
+        try:
+            data = _read_image_bytes(s, image, fetcher)
+            query.pixels = decode_image(
+                data, min_shorter_px=contract.RESIZE_SHORTER_PX, max_pixels=s.max_pixels
+            )
+        except QueryError as exc:
+            query.error = str(exc)
+        except FetchError as exc:
+            query.error = f"{image}: {exc}"
+        return query
+
     try:
-        for image in images:
-            query = Query(image)
-            try:
-                if "://" in image and not image.startswith("file://") and fetcher is None:
-                    fetcher = make_fetcher(s)
-                data = _read_image_bytes(s, image, fetcher)
-                query.pixels = decode_image(
-                    data, min_shorter_px=contract.RESIZE_SHORTER_PX, max_pixels=s.max_pixels
-                )
-            except QueryError as exc:
-                query.error = str(exc)
-            except FetchError as exc:
-                query.error = f"{image}: {exc}"
-            queries.append(query)
+        if len(images) < 4:
+            return [load(image) for image in images]
+        from concurrent.futures import ThreadPoolExecutor
+
+        # decoders release the GIL: several images decode at once (the order is kept)
+        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+            return list(pool.map(load, images))
     finally:
         if fetcher is not None:
             fetcher.close()
-    return queries
 
 
 class Searcher:
@@ -161,6 +173,37 @@ class Searcher:
         self.name = ""
         self.fields: list[str] = []
         self.collection = ""
+        self._opening: threading.Thread | None = None
+        self._opened: list[str] = []
+        self._open_error: BaseException | None = None
+
+    # --- start-up in two halves: the servers on a thread, JAX on the main thread -----------
+    def start(self, output_fields: Sequence[str], expr: str = "") -> None:
+        """:meth:`open` and the checks of ``output_fields`` and ``expr`` on a thread, so that
+        pymilvus and tritonclient load and the servers answer while the main thread imports
+        JAX and compiles (JAX stays on the main thread); :meth:`wait` returns their result."""
+
+        def run() -> None:
+            try:
+                self.open()
+                self._opened = self.check_output_fields(output_fields)
+                if expr:
+                    self.check_filter(expr)
+            except BaseException as exc:  # handed to the main thread by wait()
+                self._open_error = exc
+
+        self._opening = threading.Thread(target=run, name="search-open", daemon=True)
+        self._opening.start()
+
+    def wait(self) -> list[str]:
+        """The fields to print (see :meth:`check_output_fields`); raises what :meth:`start`'s
+        thread raised."""
+        if self._opening is not None:
+            self._opening.join()
+            self._opening = None
+        if self._open_error is not None:
+            raise self._open_error
+        return self._opened
 
     # --- the servers ---------------------------------------------------------------------
     def open(self) -> None:
@@ -257,6 +300,30 @@ class Searcher:
     # --- embedding -----------------------------------------------------------------------
     def embed(self, queries: Sequence[Query]) -> None:
         """Preprocess (one compiled shape) and infer every readable query."""
+        self.infer(self.preprocess(queries))
+
+    def preprocess(self, queries: Sequence[Query]) -> Prepared:
+        """The model input of every readable query (main thread: JAX). Needs no server."""
+        from consumer.preprocess import fit_to_canvas
+        from consumer.preprocess.jaxprep import Preprocessor
+
+        todo = [q for q in queries if q.pixels is not None]
+        if not todo:
+            return [], None
+        s = self.s
+        bucket = _bucket_for(len(todo), s.preprocess_buckets)
+        pre = Preprocessor(
+            canvas_px=s.canvas_px, buckets=(bucket,), cache_dir=s.compilation_cache_dir
+        )
+        tensors = [
+            pre([fit_to_canvas(_pixels(q), s.canvas_px) for q in todo[start : start + bucket]])
+            for start in range(0, len(todo), bucket)
+        ]
+        return todo, np.concatenate(tensors)
+
+    def infer(self, prepared: Prepared) -> None:
+        """Infer the preprocessed queries in requests of ``infer_batch_size`` images (after
+        :meth:`open`: the model's spec is Triton's)."""
         from consumer.engine.wiring import triton_endpoint
         from consumer.inference import (
             InferenceRejectedError,
@@ -264,24 +331,19 @@ class Searcher:
             TritonInference,
             l2_normalize,
         )
-        from consumer.preprocess import fit_to_canvas
-        from consumer.preprocess.jaxprep import Preprocessor
 
-        todo = [q for q in queries if q.pixels is not None]
-        if not todo:
+        todo, tensor = prepared
+        if tensor is None:
             return
-        s = self.s
-        bucket = _bucket_for(len(todo), s.preprocess_buckets)
-        pre = Preprocessor(
-            canvas_px=s.canvas_px, buckets=(bucket,), cache_dir=s.compilation_cache_dir
-        )
-        triton = TritonInference(triton_endpoint(s), self.spec)
+        step = self.s.infer_batch_size
+        if self.spec.max_batch_size:
+            step = min(step, self.spec.max_batch_size)
+        triton = TritonInference(triton_endpoint(self.s), self.spec)
         try:
-            for start in range(0, len(todo), bucket):
-                chunk = todo[start : start + bucket]
-                tensor = pre([fit_to_canvas(_pixels(q), s.canvas_px) for q in chunk])
+            for start in range(0, len(todo), step):
+                chunk = todo[start : start + step]
                 try:
-                    vectors = triton.infer(tensor)
+                    vectors = triton.infer(tensor[start : start + step])
                 except (InferenceUnavailableError, InferenceRejectedError) as exc:
                     raise QueryError(f"inference failed: {one_line(exc)}") from exc
                 unit, valid = l2_normalize(vectors)
