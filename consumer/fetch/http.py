@@ -210,12 +210,16 @@ class HttpDownloader:
         if declared is not None and declared.strip().isdigit() and int(declared) > limit:
             raise TooLarge(f"{shown} declares {int(declared)} bytes, more than the {limit} allowed")
         inflater = _Inflater.for_encoding(resp.headers.get("content-encoding"), shown)
-        body = bytearray()
+        # chunks joined once at the end: one copy of the body, not a growing buffer and a copy
+        chunks: list[bytes] = []
+        size = 0
 
         def take(data: bytes) -> None:
-            if len(body) + len(data) > limit:
+            nonlocal size
+            if size + len(data) > limit:
                 raise TooLarge(f"{shown} is larger than the {limit} bytes allowed")
-            body.extend(data)
+            chunks.append(data)
+            size += len(data)
 
         for chunk in resp.iter_raw():
             if time.monotonic() > deadline:
@@ -226,10 +230,10 @@ class HttpDownloader:
             if inflater is None:
                 take(chunk)
             else:
-                inflater.feed(chunk, take, limit - len(body))
+                inflater.feed(chunk, take, limit - size)
         if inflater is not None:
             inflater.finish(take)
-        return bytes(body)
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 class _Inflater:

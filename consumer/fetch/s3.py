@@ -248,7 +248,9 @@ class S3Downloader:
             # slow body would stretch far past the deadline between two checks.
             raw = getattr(body, "_raw_stream", None)
             read = getattr(raw, "read1", None) or body.read
-            data = bytearray()
+            # chunks joined once at the end: one copy of the body, not a growing buffer and a copy
+            chunks: list[bytes] = []
+            size = 0
             while True:
                 if time.monotonic() > deadline:
                     raise FetchTimeout(
@@ -256,7 +258,7 @@ class S3Downloader:
                         f"downloading {shown}"
                     )
                 try:
-                    chunk = read(min(_READ_BYTES, limit + 1 - len(data)))
+                    chunk = read(min(_READ_BYTES, limit + 1 - size))
                 except urllib3.exceptions.ReadTimeoutError:
                     raise _Transient(FetchTimeout(f"s3 read timeout for {shown}")) from None
                 except (urllib3.exceptions.HTTPError, OSError) as exc:
@@ -265,14 +267,15 @@ class S3Downloader:
                     ) from None
                 if not chunk:
                     break
-                data.extend(chunk)
-                if len(data) > limit:
+                chunks.append(bytes(chunk))
+                size += len(chunk)
+                if size > limit:
                     raise TooLarge(f"{shown} is larger than the {limit} bytes allowed")
-            if isinstance(declared, int) and len(data) != declared:
+            if isinstance(declared, int) and size != declared:
                 raise _Transient(
-                    FetchFailed(f"s3 body of {shown} ended after {len(data)} of {declared} bytes")
+                    FetchFailed(f"s3 body of {shown} ended after {size} of {declared} bytes")
                 )
-            return bytes(data)
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
         finally:
             body.close()
 
