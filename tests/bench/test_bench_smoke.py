@@ -38,6 +38,8 @@ def test_quick_harness_writes_every_section(
             "--quick",
             "--messages",
             "30",
+            "--skip",
+            "bound",  # its own test: test_bench_bound.py
             "--kafka-bootstrap",
             kafka_bootstrap,
             "--milvus-uri",
