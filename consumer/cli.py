@@ -1,4 +1,4 @@
-"""``python -m consumer``: run, search, check, promote."""
+"""``python -m consumer``: run, backfill (plan, run, status), search, check, promote."""
 
 from __future__ import annotations
 
