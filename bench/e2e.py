@@ -417,6 +417,40 @@ def _mean_batch(metrics: dict[str, Any]) -> float | None:
     return round(total / count, 2) if count else None
 
 
+END_TO_END = f"{PREFIX}_end_to_end_seconds"
+
+
+def end_to_end_check(metrics: dict[str, Any], prober_p50_s: float | None) -> dict[str, Any]:
+    """The consumer's own freshness histogram (live, written) against the prober's median.
+
+    The histogram gives the bucket its median lies in; they agree when the prober's median lies
+    in that bucket or within one bucket width of it (the prober measures from the hand-off to
+    the producer to the row found in a Strong query, polled every 50 ms, so it reads a little
+    later than the acknowledgement the histogram stops at).
+    """
+    buckets = []
+    for labels, count in metrics.get(f"{END_TO_END}_bucket", {}).items():
+        d = dict(labels)
+        if d.get("kind") == "written" and d.get("live") == "true":
+            buckets.append((float(d["le"]), count))
+    buckets.sort()
+    total = buckets[-1][1] if buckets else 0.0
+    if not total:
+        return {"observed": 0}
+    lower = 0.0
+    for le, count in buckets:
+        if count >= 0.5 * total:
+            upper = le
+            break
+        lower = le
+    out: dict[str, Any] = {"observed": int(total), "p50_bucket_s": [lower, upper]}
+    if prober_p50_s is not None and upper != float("inf"):
+        width = upper - lower
+        out["prober_p50_s"] = prober_p50_s
+        out["agrees"] = lower - width <= prober_p50_s <= upper + width
+    return out
+
+
 def diff_metrics(after: dict[str, Any], before: dict[str, Any]) -> dict[str, Any]:
     """Counter and histogram samples of ``after`` minus ``before`` (one interval's share)."""
     out: dict[str, Any] = {}
@@ -574,6 +608,7 @@ def run_latency(
                         "stage_profile": stage_profile(spent, consumer.ingested(spent)),
                     }
                 )
+                levels[-1]["end_to_end_metric"] = end_to_end_check(spent, levels[-1]["p50_s"])
                 time.sleep(1.0)
         finally:
             prober.stop()
