@@ -48,11 +48,13 @@ NOT_LOADED_CODES = frozenset({101, 103})
 
 def not_loaded(exc: BaseException) -> bool:
     """Whether ``exc`` (or an exception it was raised from) says a collection is not loaded."""
-    seen: BaseException | None = exc
-    while seen is not None:
-        if getattr(seen, "code", None) in NOT_LOADED_CODES:
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:  # chains can loop (grpc's do)
+        seen.add(id(current))
+        if getattr(current, "code", None) in NOT_LOADED_CODES:
             return True
-        seen = seen.__cause__ or seen.__context__
+        current = current.__cause__ or current.__context__
     return False
 
 

@@ -313,3 +313,19 @@ def test_a_released_collection_and_its_tombstones_are_both_loaded_again() -> Non
     writer.close()
     assert client.loaded[:2] == ["c", "c_tombstones"]
     assert [r.outcome for r in results] == ["ingested"]
+
+
+def test_not_loaded_is_read_from_the_milvus_error_code_along_a_looping_chain() -> None:
+    """Milvus says 'not loaded' with code 101 (the message text is not looked at), possibly
+    deep in an exception chain; a chain that loops (grpc's errors can) ends the search."""
+    from consumer.sink.writer import not_loaded
+
+    released = MilvusException(code=101, message="Collection 'c' is in state 'released'")
+    assert not_loaded(released)
+    assert not not_loaded(MilvusException(code=2, message="collection not loaded, load it"))
+    outer = RuntimeError("write failed")
+    outer.__cause__ = released
+    assert not_loaded(outer)
+    a, b = RuntimeError("a"), RuntimeError("b")
+    a.__cause__, b.__cause__ = b, a  # a loop
+    assert not not_loaded(a)
