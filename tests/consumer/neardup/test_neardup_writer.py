@@ -177,7 +177,7 @@ def test_flags_at_and_above_the_threshold_never_below(
     try:
         assert sink.in_row is (kind == "new")
         assert client.has_collection(flags_collection(name)) is (kind == "older")
-        assert sink.write(("orig", _at(1.0), 1)) == ["written"]
+        assert sink.write(("orig", _at(1.0), 1)) == ["ingested"]
         # what Milvus itself scores the pair at: that exact value must flag (at the threshold)
         probe = _at(0.95)
         [[hit]] = client.search(
@@ -187,7 +187,7 @@ def test_flags_at_and_above_the_threshold_never_below(
         outcomes = sink.write(
             ("at", probe, 2), ("above", _at(0.99, towards=2), 3), ("below", _at(0.9, towards=3), 4)
         )
-        assert outcomes == ["written"] * 3
+        assert outcomes == ["ingested"] * 3
         flags = sink.flags()
         assert set(flags) == {"at", "above"}, flags
         assert flags["at"][0] == "orig" and flags["above"][0] == "orig"
@@ -213,7 +213,7 @@ def test_rows_of_one_group_are_compared_with_each_other(client: Any, new_collect
         outcomes = sink.write(
             ("copy", _at(0.98), 20), ("orig", _at(1.0), 10), ("far", _at(0.5), 30)
         )
-        assert outcomes == ["written"] * 3
+        assert outcomes == ["ingested"] * 3
         flags = sink.flags()
         assert set(flags) == {"copy"}
         assert flags["copy"][0] == "orig"
@@ -243,8 +243,8 @@ def test_flags_point_at_originals_and_a_replayed_original_stays_unflagged(
         sink.close()
     rewrite = Sink(client, new_collection, threshold=0.95, rewrite_same_version=True)
     try:
-        assert rewrite.write(("orig", _at(1.0), 1)) == ["written"]
-        assert rewrite.write(("copy", _at(0.99), 2)) == ["written"]
+        assert rewrite.write(("orig", _at(1.0), 1)) == ["ingested"]
+        assert rewrite.write(("copy", _at(0.99), 2)) == ["ingested"]
         after = rewrite.flags()
         assert {k: v[0] for k, v in after.items()} == {"copy": "orig", "copy2": "orig"}
     finally:
@@ -259,9 +259,9 @@ def test_deleted_rows_are_never_matched(client: Any, new_collection: str) -> Non
         sink.write(("gone", _at(1.0), 1), ("gone2", _at(1.0, base=4, towards=5), 2))
         assert sink.write(("gone", None, 3)) == ["deleted"]
         assert client.get(f"{new_collection}_tombstones", ids=["gone"], output_fields=["id"])
-        assert sink.write(("copy", _at(0.99), 4)) == ["written"]
+        assert sink.write(("copy", _at(0.99), 4)) == ["ingested"]
         outcomes = sink.write(("gone2", None, 5), ("copy2", _at(0.99, base=4, towards=5), 6))
-        assert outcomes == ["deleted", "written"]
+        assert outcomes == ["deleted", "ingested"]
         assert sink.flags() == {}
         assert sink.flagged == []
     finally:
@@ -280,7 +280,7 @@ def test_an_older_collection_keeps_working_and_its_flags_follow_rewrites(
         sink.write(("orig", _at(1.0), 1))
         sink.write(("copy", _at(0.99), 2))
         assert {k: v[0] for k, v in sink.flags().items()} == {"copy": "orig"}
-        assert sink.write(("copy", _at(0.2), 3)) == ["written"]  # no longer a copy
+        assert sink.write(("copy", _at(0.2), 3)) == ["ingested"]  # no longer a copy
         assert sink.flags() == {}
         assert client.describe_collection(name)["fields"] == fields_before
         MilvusCollection(client, name).check(CONTRACT)  # still the same collection for run
