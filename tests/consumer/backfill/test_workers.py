@@ -70,7 +70,7 @@ def test_three_workers_one_killed_and_restarted_and_a_fourth_without_a_partition
     worker: Callable[..., WorkerProcess],
     unique_name: str,
 ) -> None:
-    partitions, per_partition = 3, 30
+    partitions, per_partition = 3, 40
     topic = group = unique_name
     create_topic(kafka_bootstrap, topic, partitions=partitions)
     planned = _records(photo_dir, "m", per_partition, partitions)
@@ -87,9 +87,10 @@ def test_three_workers_one_killed_and_restarted_and_a_fourth_without_a_partition
 
     servers = {"kafka": kafka_bootstrap, "milvus": milvus_uri, "triton": triton_grpc_url}
     args = (*common, "--collection", topic, "--file-root", str(photo_dir), "--batch-size", "4")
-    # the first worker slow enough to be killed mid-way, the others at a moderate pace
-    victim = worker(*args, "--max-rate", "1", env=FAST, **servers)
-    workers = [victim, *(worker(*args, "--max-rate", "2", env=FAST, **servers) for _ in "ab")]
+    # slow enough for the fourth to join while they work (40 s a partition), and for the first
+    # to be killed mid-way
+    workers = [worker(*args, "--max-rate", "1", env=FAST, **servers) for _ in range(3)]
+    victim = workers[0]
     wait_until(
         lambda: describe_group(kafka_bootstrap, group) == GroupState("STABLE", 3, 3),
         "three workers holding the three partitions",
@@ -126,7 +127,8 @@ def test_three_workers_one_killed_and_restarted_and_a_fourth_without_a_partition
     status = backfill_command(kafka_bootstrap, "status", *common, "--interval", "0", "--json")
     assert status.returncode == 0, status.stderr
     st = status.json()
-    assert (st["remaining"], st["done"], st["total"], st["complete"]) == (0, 90, 90, True)
+    total = len(planned)
+    assert (st["remaining"], st["done"], st["total"], st["complete"]) == (0, total, total, True)
     commits = committed_offsets(kafka_bootstrap, group, topic)
     assert {p["partition"]: p["committed"] for p in st["partitions"]} == commits
     assert st["eta_s"] == 0.0
