@@ -68,3 +68,16 @@ def test_a_lost_or_missing_plan_is_a_clear_error_never_a_restart() -> None:
     mixed = [*_commits({0: 3, 1: 4}), *_commits({2: 5}, other)]
     with pytest.raises(EngineFatalError, match="several plans"):
         bp.found("g", "t", [0, 1, 2], mixed)
+
+
+def test_status_figures_rate_and_time_left() -> None:
+    from consumer.backfill import Status
+
+    st = Status(PLAN, committed={0: 6, 1: 10}, rate=2.0, members=2, interval_s=5.0)
+    d = st.to_dict()
+    assert (d["done"], d["total"], d["remaining"]) == (12, 26, 14)
+    assert [(p["done"], p["total"]) for p in d["partitions"]] == [(6, 10), (6, 16), (0, 0)]
+    assert d["progress"] == round(12 / 26, 4) and d["eta_s"] == 7.0 and not d["complete"]
+    assert Status(PLAN, {0: 6}, rate=None, members=0, interval_s=0).eta_s is None
+    done = Status(PLAN, {0: 10, 1: 20, 2: 5}, rate=0.0, members=0, interval_s=5).to_dict()
+    assert (done["remaining"], done["eta_s"], done["complete"]) == (0, 0.0, True)
