@@ -275,11 +275,19 @@ def _exit_status(outcome: RunOutcome) -> int:
     }[outcome]
 
 
+#: A defect the simulation found in the product that is not fixed yet: a bounded run's worker
+#: in a group of several exits 0 (finished) while partitions of the topic are still held by a
+#: member that died (until its session times out) or by nobody, so the run as a whole ends with
+#: those partitions unread. Regression test: tests/simulation/test_simulation.py.
+KNOWN_GROUP_END = "bounded worker exits 0 before the group's other partitions are done"
+
+
 @dataclass
 class Result:
     seed: int
     failure: str | None
     invariant: str | None
+    known: str | None
     trace: list[str]
     coverage: Counter[str]
     steps: int
@@ -421,7 +429,8 @@ class World:
             return True
         committed = self.cluster.group(group).committed
         for other in self.by_id.get(msg.id, []):
-            if other.version <= msg.version:
+            # (an equal version is the same message read again, e.g. a redrive of it)
+            if other is msg or other.version < msg.version:
                 continue
             if other.coords in dead:
                 return True
@@ -566,7 +575,7 @@ class Scenario:
                 continue
             self.produce_one()
             i += 1
-        if self.compaction:
+        if self.compaction and self.world.clock.monotonic() == 0.0:  # before anyone reads
             self.compact()
 
     def _value(self, id_: str) -> tuple[bytes | None, str, str | None]:
@@ -609,8 +618,11 @@ class Scenario:
     def produce_old_version(self) -> None:
         """A redriven record: a fresh value, with the version of an older message of its id."""
         w, rng = self.world, self.rng
-        id_ = rng.choice(sorted(w.by_id))
-        older = rng.choice(w.by_id[id_])
+        upserts = sorted(i for i, ms in w.by_id.items() if any(m.op == "upsert" for m in ms))
+        if not upserts:
+            return
+        id_ = rng.choice(upserts)
+        older = rng.choice([m for m in w.by_id[id_] if m.op == "upsert"])
         self.sequence += 1
         value = orjson.dumps({"id": id_, "uri": uri_of("ok", self.sequence)})
         headers = [(HEADER_VERSION, format_version(older.version))]
@@ -709,7 +721,7 @@ class Scenario:
             return w.clock.monotonic() + rng.uniform(0.05, horizon)
 
         procs = list(w.processes)
-        if rng.random() < 0.45:
+        if rng.random() < 0.5:
             for _ in range(rng.randint(1, 2)):
                 victim = rng.choice(procs)
                 if rng.random() < 0.5:
@@ -869,6 +881,9 @@ class Scenario:
             for proc in w.processes:
                 due = proc.restart_at is not None and now >= proc.restart_at
                 if not proc.alive and not proc.done and due and proc.settings.group == group:
+                    if w.stopping and not bounded:  # the end of the run: no restart
+                        proc.done = True
+                        continue
                     w.coverage["restarts"] += 1
                     proc.start()
             live = w.live_processes()
@@ -938,10 +953,21 @@ class Scenario:
             if ok and self.rng.random() < 0.3:
                 ok = self.redrive()
         self._coverage_summary()
+        known = None
+        group = w.cluster.groups.get(w.phase_group)
+        if (
+            self.invariant == "every_message_terminal"
+            and "ends with" in (self.failure or "")
+            and self.phase_bounded
+            and group is not None
+            and group.most_live > 1
+        ):
+            known = KNOWN_GROUP_END
         return Result(
             w.seed,
             self.failure,
             self.invariant,
+            known,
             w.lines,
             w.coverage,
             self.steps,
@@ -995,7 +1021,7 @@ class Scenario:
             cov["rebalances"] += group.rebalances
         cov["seeds"] = 1
         flags = {
-            "seed_rebalance": cov["rebalances"] > 1 or cov["partitions_lost"] > 0,
+            "seed_rebalance": cov["revocations"] > 0,
             "seed_crash": cov["crashes"] > 0,
             "seed_outage": any(cov[k] for k in ("outage_milvus", "outage_triton", "outage_kafka")),
             "seed_version_race": cov["version_races"] > 0,

@@ -153,10 +153,13 @@ class Group:
         self.committed: dict[Key, tuple[int, str | None]] = {}
         self.generation = 0
         self.rebalances = 0
+        self.most_live = 0  # the most live members the group had at once
 
     # --- membership ----------------------------------------------------------------------
     def join(self, consumer: FakeConsumer) -> None:
         self.members[consumer.member_id] = Member(consumer)
+        live = sum(1 for m in self.members.values() if m.died_at is None)
+        self.most_live = max(self.most_live, live)
         self._rebalance()
 
     def leave(self, member_id: str) -> None:
@@ -258,6 +261,7 @@ class Cluster:
         self.commit_slow_rate = 0.0
         self.down_until = -1.0  # the brokers are unreachable until then
         self.commit_failures = 0
+        self.revocations = 0  # partitions taken from a live member (revoke or lost), not closes
         #: per (group, partition) the lowest position a member of the group started reading at
         self.floors: dict[tuple[str, Key], int] = {}
 
@@ -393,7 +397,7 @@ class FakeConsumer:
 
     def _serve_group(self) -> None:
         """What librdkafka does inside consume(): expire sessions, run the rebalance protocol."""
-        if self._in_callback:
+        if self._in_callback or self.cluster.down():  # the coordinator is a broker too
             return
         self.group.expire(self.session_timeout_s)
         member = self._member()
@@ -402,6 +406,7 @@ class FakeConsumer:
         if member.evicted:
             lost = sorted(member.owned)
             if lost:
+                self.cluster.revocations += 1
                 self.cluster.trace(f"{self.member_id}: on_lost {_parts(lost)}")
                 self._callback("lost", lost)
             self._drop(lost)
@@ -411,6 +416,7 @@ class FakeConsumer:
             return
         revoke = sorted(member.owned - member.target)
         if revoke:
+            self.cluster.revocations += 1
             self.cluster.trace(f"{self.member_id}: on_revoke {_parts(revoke)}")
             self._callback("revoke", revoke)
             self._drop(revoke)
