@@ -36,6 +36,17 @@ $(SERVING_VENV)/.complete: serving/requirements.lock | $(UV)
 	$(UV) pip sync --quiet --python $(SERVING_VENV)/bin/python serving/requirements.lock
 	@touch $@
 
+# The Quix Streams peer of the benchmark (bench/quix_peer.py) in its own environment: quixstreams
+# pins its own confluent-kafka and pydantic, never installed into the service's.
+QUIX_VENV := .venv-quix
+$(QUIX_VENV)/.complete: bench/quix-requirements.lock | $(UV)
+	$(UV) venv --quiet --allow-existing --python $(PYTHON) $(QUIX_VENV)
+	$(UV) pip sync --quiet --python $(QUIX_VENV)/bin/python bench/quix-requirements.lock
+	@touch $@
+
+.PHONY: quix-venv
+quix-venv: $(QUIX_VENV)/.complete ## The Quix Streams peer's environment (bench only)
+
 $(KAFKA_STAMP): devstack/kafka/pom.xml | $(VENV)/.complete
 	$(PY) -m devstack fetch-kafka
 
@@ -87,7 +98,7 @@ lint: setup $(HELM_BIN) ## ruff, mypy --strict, hadolint and helm lint
 	$(MAKE) --no-print-directory helm-lint
 
 .PHONY: bench
-bench: setup ## Benchmarks: per-stage ceilings, naive baseline, end to end (writes bench/results/)
+bench: setup $(QUIX_VENV)/.complete ## Benchmarks: per-stage ceilings, naive baseline, end to end (writes bench/results/)
 	$(PY) -m bench
 
 # The peers of the s3:// comparison are installed beside the environment, never into it: they are
@@ -103,4 +114,4 @@ bench-s3-libraries: setup minio $(S3_PEERS)/.complete ## Compare s3:// libraries
 
 .PHONY: clean
 clean: down ## Remove environments, caches and server data
-	rm -rf $(VENV) $(SERVING_VENV) .tools .cache .stack
+	rm -rf $(VENV) $(SERVING_VENV) $(QUIX_VENV) .tools .cache .stack
