@@ -166,6 +166,13 @@ def run(
     summary_json: Annotated[
         Path | None, typer.Option("--summary-json", help="Write the run summary here.")
     ] = None,
+    auth_failure_timeout_s: Annotated[
+        float | None,
+        typer.Option(
+            "--auth-failure-timeout-s",
+            help="How long an authentication or ACL failure during a run is retried (then exit 1).",
+        ),
+    ] = None,
     config: Config = None,
     log_format: LogFormat = None,
     log_level: LogLevel = None,
@@ -211,6 +218,7 @@ def run(
         s3_requester_pays=s3_requester_pays,
         allowed_buckets=tuple(allowed_bucket) if allowed_bucket else None,
         summary_json=summary_json,
+        auth_failure_timeout_s=auth_failure_timeout_s,
         log_format=log_format,
         log_level=log_level,
     )

@@ -96,6 +96,7 @@ class RetryOperation(StrEnum):
     FETCH = "fetch"
     KAFKA_COMMIT = "kafka_commit"
     DEAD_LETTER = "dead_letter"
+    KAFKA_AUTH = "kafka_auth"
 
 
 def package_version() -> str:

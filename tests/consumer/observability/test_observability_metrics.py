@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import orjson
 import pytest
@@ -114,6 +115,16 @@ def test_known_label_values_exist_from_the_start(metrics: Metrics) -> None:
     for operation in RetryOperation:
         labels = {"operation": operation.value}
         assert registry.get_sample_value("image_embedder_retries_total", labels) == 0
+
+
+def test_the_retry_operations_are_the_documented_ones() -> None:
+    docs = Path(__file__).resolve().parents[3] / "docs" / "operations.md"
+    row = next(
+        line for line in docs.read_text().splitlines() if "`image_embedder_retries_total`" in line
+    )
+    missing = [op.value for op in RetryOperation if f"`{op.value}`" not in row.split("|")[4]]
+    assert not missing, f"operations.md's retries row lacks {missing}"
+    assert RetryOperation.KAFKA_AUTH.value == "kafka_auth"
 
 
 def test_counters_move(metrics: Metrics) -> None:
