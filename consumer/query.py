@@ -210,6 +210,7 @@ class Searcher:
         """Read the model from Triton, find the collection and check that it matches."""
         from consumer.engine.wiring import collection_contract, triton_endpoint
         from consumer.inference import (
+            InferenceTLSError,
             InferenceUnavailableError,
             ModelMismatchError,
             read_model_spec,
@@ -223,6 +224,8 @@ class Searcher:
         s = self.s
         try:
             self.spec = read_model_spec(triton_endpoint(s), s.model, s.model_version, s.output)
+        except InferenceTLSError as exc:
+            raise QueryError(f"Triton at {s.triton_url}: {exc}") from exc
         except InferenceUnavailableError as exc:
             if "is not ready" in str(exc):  # Triton answered: no such model (or not loaded)
                 raise QueryError(

@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -36,12 +37,29 @@ def python_libdir(python: str) -> str:
     return proc.stdout.strip()
 
 
+@dataclass(frozen=True)
+class TritonTLS:
+    """gRPC over TLS: the server's certificate chain and key (PEM); with ``client_ca``, mutual
+    TLS (clients must present a certificate that CA signed). Triton's HTTP stays plain."""
+
+    cert: Path
+    key: Path
+    client_ca: Path | None = None
+
+    def args(self) -> list[str]:
+        args = ["--grpc-server-cert", str(self.cert), "--grpc-server-key", str(self.key)]
+        if self.client_ca is not None:
+            args += ["--grpc-root-cert", str(self.client_ca), "--grpc-use-ssl-mutual"]
+        return args
+
+
 class TritonServer(ServerProcess):
     """The reference model behind Triton: HTTP, gRPC and metrics ports on loopback.
 
     Ready when Triton reports the model ready over HTTP. Its first start compiles the model, so
     the default timeout is long. ``cpus`` pins it with taskset at exec (benchmarks);
-    ``extra_args`` are passed on to ``python -m serving``.
+    ``extra_args`` are passed on to ``python -m serving``; ``tls`` serves gRPC over TLS
+    (``grpc_url`` is then ``grpcs://``).
     """
 
     name = "triton"
@@ -61,6 +79,7 @@ class TritonServer(ServerProcess):
         model_name: str = MODEL_NAME,
         extra_args: Sequence[str] = (),
         pid_file: Path | None = None,
+        tls: TritonTLS | None = None,
     ) -> None:
         super().__init__(log_file, pid_file=pid_file, cpus=cpus)
         self.http_port = http_port
@@ -69,6 +88,7 @@ class TritonServer(ServerProcess):
         self.python = Path(python)
         self.model_name = model_name
         self.extra_args = tuple(extra_args)
+        self.tls = tls
 
     @property
     def http_url(self) -> str:
@@ -76,7 +96,8 @@ class TritonServer(ServerProcess):
 
     @property
     def grpc_url(self) -> str:
-        return f"grpc://{self.host}:{self.grpc_port}"
+        scheme = "grpcs" if self.tls is not None else "grpc"
+        return f"{scheme}://{self.host}:{self.grpc_port}"
 
     @property
     def address(self) -> str:
@@ -101,6 +122,7 @@ class TritonServer(ServerProcess):
             str(self.grpc_port),
             "--metrics-port",
             str(self.metrics_port),
+            *(self.tls.args() if self.tls is not None else []),
             *self.extra_args,
         ]
 

@@ -55,6 +55,12 @@ class ServerOptions:
     exit_timeout_s: int = 5
     #: ``"near-free"``: serve the benchmark-only model of :mod:`serving.nearfree` instead.
     bench_model: str | None = None
+    #: gRPC over TLS (Triton offers TLS on gRPC only; HTTP stays plain): certificate and key (PEM).
+    grpc_server_cert: Path | None = None
+    grpc_server_key: Path | None = None
+    #: CA of the client certificates accepted with ``grpc_use_ssl_mutual`` (mutual TLS).
+    grpc_root_cert: Path | None = None
+    grpc_use_ssl_mutual: bool = False
 
 
 def _chunk_sizes(text: str) -> tuple[int, ...]:
@@ -115,7 +121,36 @@ def parse_args(argv: Sequence[str] | None = None) -> ServerOptions:
         help="benchmarks only: serve a model with the reference contract that costs almost "
         "nothing, so that the consumer is the bottleneck (its vectors mean nothing)",
     )
+    parser.add_argument(
+        "--grpc-server-cert",
+        type=Path,
+        default=None,
+        help="serve gRPC over TLS with this PEM certificate (chain); needs --grpc-server-key. "
+        "Triton offers TLS on gRPC only: HTTP stays plain",
+    )
+    parser.add_argument("--grpc-server-key", type=Path, default=None, help="its PEM key")
+    parser.add_argument(
+        "--grpc-root-cert",
+        type=Path,
+        default=None,
+        help="PEM CA that client certificates must be signed by (with --grpc-use-ssl-mutual)",
+    )
+    parser.add_argument(
+        "--grpc-use-ssl-mutual",
+        action="store_true",
+        help="mutual TLS: refuse gRPC clients without a certificate signed by --grpc-root-cert",
+    )
     ns = parser.parse_args(argv)
+    if (ns.grpc_server_cert is None) != (ns.grpc_server_key is None):
+        parser.error("--grpc-server-cert and --grpc-server-key go together")
+    if ns.grpc_use_ssl_mutual and (ns.grpc_server_cert is None or ns.grpc_root_cert is None):
+        parser.error(
+            "--grpc-use-ssl-mutual needs --grpc-server-cert, --grpc-server-key and --grpc-root-cert"
+        )
+    for flag in ("grpc_server_cert", "grpc_server_key", "grpc_root_cert"):
+        path = getattr(ns, flag)
+        if path is not None and not path.is_file():
+            parser.error(f"--{flag.replace('_', '-')}: {path} is not a file")
     try:
         chunk_sizes = (
             _chunk_sizes(" ".join(ns.chunk_sizes)) if ns.chunk_sizes else defaults.chunk_sizes
@@ -132,7 +167,27 @@ def parse_args(argv: Sequence[str] | None = None) -> ServerOptions:
         weights=ns.weights,
         exit_timeout_s=ns.exit_timeout_s,
         bench_model=ns.bench_model,
+        grpc_server_cert=ns.grpc_server_cert,
+        grpc_server_key=ns.grpc_server_key,
+        grpc_root_cert=ns.grpc_root_cert,
+        grpc_use_ssl_mutual=ns.grpc_use_ssl_mutual,
     )
+
+
+def grpc_tls_config(options: ServerOptions) -> dict[str, object]:
+    """The ``TritonConfig`` fields of gRPC over TLS (none without a server certificate)."""
+    if options.grpc_server_cert is None:
+        return {}
+    tls: dict[str, object] = {
+        "grpc_use_ssl": True,
+        "grpc_server_cert": options.grpc_server_cert,
+        "grpc_server_key": options.grpc_server_key,
+    }
+    if options.grpc_root_cert is not None:
+        tls["grpc_root_cert"] = options.grpc_root_cert
+    if options.grpc_use_ssl_mutual:
+        tls["grpc_use_ssl_mutual"] = True
+    return tls
 
 
 def ensure_libpython_on_library_path() -> None:
@@ -240,17 +295,23 @@ def serve(options: ServerOptions) -> int:
                 metrics_address=options.host,
                 metrics_port=options.metrics_port,
                 exit_timeout_secs=options.exit_timeout_s,
+                **grpc_tls_config(options),  # type: ignore[arg-type]
             )
         )
         bind(triton, model)
         triton.run()
         starting = False
         LOG.info(
-            "model %s version %s ready: http %s:%d, grpc %s:%d, metrics %s:%d",
+            "model %s version %s ready: http %s:%d, grpc%s %s:%d, metrics %s:%d",
             contract.MODEL_NAME,
             contract.MODEL_VERSION,
             options.host,
             options.http_port,
+            " (TLS, mutual)"
+            if options.grpc_use_ssl_mutual
+            else " (TLS)"
+            if options.grpc_server_cert
+            else "",
             options.host,
             options.grpc_port,
             options.host,

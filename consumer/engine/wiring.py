@@ -20,7 +20,12 @@ from consumer.backoff import Backoff
 from consumer.engine.exceptions import EngineFatalError
 from consumer.engine.runtime import Clock, MilvusLike, Runtime, SystemClock
 from consumer.fetch import FetchPolicy
-from consumer.inference import InferenceUnavailableError, ModelMismatchError, ModelSpec
+from consumer.inference import (
+    InferenceTLSError,
+    InferenceUnavailableError,
+    ModelMismatchError,
+    ModelSpec,
+)
 from consumer.inference.client import TritonEndpoint, read_model_spec
 from consumer.observability.logging import get_logger
 from consumer.observability.metrics import Metrics, RetryOperation
@@ -81,13 +86,16 @@ def triton_endpoint(s: Settings) -> TritonEndpoint:
 def wait_for_model_spec(
     endpoint: TritonEndpoint, s: Settings, stop: threading.Event, clock: Clock | None = None
 ) -> ModelSpec:
-    """Read the model's metadata, waiting (with backoff) while Triton is not up yet."""
+    """Read the model's metadata, waiting (with backoff) while Triton is not up yet; a TLS
+    failure (an untrusted certificate, a client certificate refused) is fatal at once."""
     clock = clock or SystemClock()
     backoff = Backoff(initial=0.5, cap=5.0, jitter=0.0)
     deadline = clock.monotonic() + max(60.0, s.triton_timeout_s)
     while True:
         try:
             return read_model_spec(endpoint, s.model, s.model_version, s.output)
+        except InferenceTLSError as exc:  # waiting does not mend a certificate
+            raise EngineFatalError(f"Triton at {s.triton_url}: {exc}") from exc
         except InferenceUnavailableError as exc:
             if clock.monotonic() > deadline or stop.is_set():
                 raise EngineFatalError(f"Triton at {s.triton_url} is not ready: {exc}") from exc

@@ -3,6 +3,7 @@
 from consumer.inference.client import ModelSpec, TritonInference, read_model_spec
 from consumer.inference.exceptions import (
     InferenceRejectedError,
+    InferenceTLSError,
     InferenceUnavailableError,
     ModelMismatchError,
 )
@@ -10,6 +11,7 @@ from consumer.inference.normalize import l2_normalize
 
 __all__ = [
     "InferenceRejectedError",
+    "InferenceTLSError",
     "InferenceUnavailableError",
     "ModelMismatchError",
     "ModelSpec",

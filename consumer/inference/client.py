@@ -17,6 +17,7 @@ import numpy as np
 
 from consumer.inference.exceptions import (
     InferenceRejectedError,
+    InferenceTLSError,
     InferenceUnavailableError,
     ModelMismatchError,
 )
@@ -26,6 +27,26 @@ from schemas import preprocessing as contract
 READINESS_TIMEOUT_S = 2.0
 
 _REJECT_STATUSES = {"StatusCode.INVALID_ARGUMENT", "400", "StatusCode.OUT_OF_RANGE"}
+
+_CLIENT_CERTIFICATE = (
+    "set triton_ssl_certificate_chain and triton_ssl_private_key to a client certificate the "
+    "server's CA signed"
+)
+#: (text in the gRPC or Python ssl error, the cause named), first match wins.
+_TLS_CAUSES: tuple[tuple[str, str], ...] = (
+    (
+        "certificate_verify_failed",
+        "the server's certificate is not trusted (triton_ssl_root_certificates must name the CA "
+        "that signed it)",
+    ),
+    ("not in peer certificate", "the server's certificate does not name this host"),
+    ("hostname mismatch", "the server's certificate does not name this host"),
+    ("wrong_version_number", "the server does not speak TLS on this port (use grpc:// or http://)"),
+    ("certificate_required", f"the server requires a client certificate: {_CLIENT_CERTIFICATE}"),
+    ("alert_bad_certificate", f"the server refused the client certificate: {_CLIENT_CERTIFICATE}"),
+    ("alert_unknown_ca", f"the server refused the client certificate: {_CLIENT_CERTIFICATE}"),
+    ("handshake failed", "the TLS handshake failed"),
+)
 
 
 @dataclass(frozen=True)
@@ -93,8 +114,32 @@ def _ssl_context_factory(endpoint: TritonEndpoint) -> Callable[[], Any]:
     return factory
 
 
-def _classify(exc: Exception) -> Exception:
-    """Map a client exception to retry (unavailable) or dead-letter (rejected)."""
+def _tls_cause(text: str, ssl: bool, client_certificate: bool) -> str | None:
+    """The TLS failure ``text`` (an error message) names, if any."""
+    lowered = text.lower()
+    for needle, cause in _TLS_CAUSES:
+        if needle in lowered:
+            return cause
+    if ssl and "socket closed" in lowered:  # gRPC's words for a handshake the server ended
+        if client_certificate:
+            return (
+                "the server closed the TLS connection: it refused the client certificate "
+                "(is it signed by the CA the server trusts for clients?)"
+            )
+        return (
+            "the server closed the TLS connection: it requires a client certificate (mutual "
+            f"TLS): {_CLIENT_CERTIFICATE}"
+        )
+    return None
+
+
+def _classify(exc: Exception, endpoint: TritonEndpoint | None = None) -> Exception:
+    """Map a client exception to retry (unavailable), dead-letter (rejected) or, at start-up,
+    fatal (a TLS failure with ``endpoint``)."""
+    if endpoint is not None:
+        cause = _tls_cause(str(exc), endpoint.ssl, bool(endpoint.certificate_chain))
+        if cause is not None:
+            return InferenceTLSError(f"TLS with Triton failed: {cause}")
     status = None
     status_fn = getattr(exc, "status", None)
     if callable(status_fn):
@@ -202,7 +247,19 @@ class TritonInference:
 
 
 def read_model_spec(endpoint: TritonEndpoint, model: str, version: str, output: str) -> ModelSpec:
-    """Read and validate the model's metadata: image input of the contract's shape, 2-D output."""
+    """Read and validate the model's metadata: image input of the contract's shape, 2-D output.
+
+    A TLS failure (an untrusted certificate, a client certificate required or refused, an
+    unreadable TLS file) raises :class:`InferenceTLSError`, which names the cause."""
+    for path in (endpoint.root_certificates, endpoint.private_key, endpoint.certificate_chain):
+        if path:  # read before the client does: its own failure leaves noise on stderr
+            try:
+                with open(path, "rb"):
+                    pass
+            except OSError as exc:
+                raise InferenceTLSError(
+                    f"cannot read a Triton TLS file: {exc.strerror or exc}: {path}"
+                ) from exc
     client = _new_client(endpoint)
     try:
         try:
@@ -213,7 +270,7 @@ def read_model_spec(endpoint: TritonEndpoint, model: str, version: str, output: 
         except InferenceUnavailableError:
             raise
         except Exception as exc:
-            err = _classify(exc)
+            err = _classify(exc, endpoint)
             if isinstance(err, InferenceRejectedError):
                 raise ModelMismatchError(f"Triton has no model {model!r} ({exc})") from exc
             raise err from exc
