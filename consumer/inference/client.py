@@ -139,7 +139,7 @@ def _classify(exc: Exception, endpoint: TritonEndpoint | None = None) -> Excepti
     if endpoint is not None:
         cause = _tls_cause(str(exc), endpoint.ssl, bool(endpoint.certificate_chain))
         if cause is not None:
-            return InferenceTLSError(f"TLS with Triton failed: {cause}")
+            return InferenceTLSError(f"TLS failed: {cause}")
     status = None
     status_fn = getattr(exc, "status", None)
     if callable(status_fn):
