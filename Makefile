@@ -85,6 +85,11 @@ test: setup minio $(HELM_BIN) ## Run every test against real servers the tests s
 unit: setup ## Run the fast tests alone (no servers: neither integration nor slow)
 	$(PY) -m pytest -m "not integration and not slow" $(PYTEST_ARGS)
 
+SEEDS ?= 1000
+.PHONY: simulate
+simulate: setup ## Run SEEDS seeds of the engine's deterministic simulation (parallel; no servers)
+	$(PY) -m tests.simulation --seeds $(SEEDS)
+
 .PHONY: typecheck
 typecheck: setup ## mypy --strict on consumer/ and schemas/ alone (part of `make lint`)
 	$(VENV)/bin/mypy

@@ -48,6 +48,17 @@ def explore(
     return results, time.monotonic() - started
 
 
+def find(variant: str, *, most: int = 500, workers: int = 2, chunk: int = 16) -> Result | None:
+    """The first seed (in order, up to ``most``) on which ``variant`` breaks an invariant."""
+    with ProcessPoolExecutor(workers) as pool:
+        for start in range(0, most, chunk):
+            seeds = range(start, min(most, start + chunk))
+            for result in pool.map(_one, [(s, variant) for s in seeds]):
+                if result.failure and not result.known:
+                    return result
+    return None
+
+
 COVERAGE_KEYS = [
     ("seed_rebalance", "seeds with a rebalance that takes partitions from a live member"),
     ("seed_crash", "seeds with a process crash"),
@@ -131,6 +142,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trace", action="store_true", help="print the seed's trace")
     parser.add_argument("--variant", choices=sorted(VARIANTS), help="a known-bad variant")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument(
+        "--find", action="store_true", help="with --variant: stop at the first seed that fails"
+    )
     args = parser.parse_args(argv)
     if args.seed is not None:
         quiet()
@@ -145,6 +159,18 @@ def main(argv: list[str] | None = None) -> int:
             f"seed {args.seed}: every invariant held ({result.steps} steps, "
             f"{result.virtual_s:.1f} s virtual)"
         )
+        return 0
+    if args.find and args.variant:
+        started = time.monotonic()
+        found = find(args.variant, most=args.seeds, workers=args.workers)
+        if found is None:
+            print(f"{args.variant}: not found in {args.seeds} seeds")
+            return 1
+        print(
+            f"{args.variant}: found at seed {found.seed} ({found.invariant}: {found.failure}) "
+            f"in {time.monotonic() - started:.1f} s"
+        )
+        print(f"  rerun: {replay_command(found.seed, args.variant)}")
         return 0
     results, seconds = explore(
         range(args.first, args.first + args.seeds), workers=args.workers, variant=args.variant

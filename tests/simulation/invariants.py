@@ -112,8 +112,9 @@ def every_message_terminal(world: World) -> str | None:
 
 def latest_version_wins(world: World) -> str | None:
     """For every id, Milvus holds the effect of its highest-version message: its row at that
-    version, or no row and a tombstone at that version for a delete. When every copy of the
-    highest version was dead-lettered, Milvus holds nothing newer than it."""
+    version, or no row and a tombstone at that version for a delete. When a copy of the
+    highest version was dead-lettered (it supersedes the others in flight), Milvus holds
+    nothing newer than it."""
     stored_rows = world.row_versions()
     tombs = world.tombstone_versions()
     dead = world.dead_letters()
@@ -122,7 +123,9 @@ def latest_version_wins(world: World) -> str | None:
         top = max(m.version for m in msgs)
         at_top = [m for m in msgs if m.version == top]
         row, tomb = stored_rows.get(id_), tombs.get(id_)
-        if all(m.poison is not None or m.coords in dead for m in at_top):
+        # a dead-lettered copy of the highest version supersedes the others in flight with it
+        # (the documented edge of latest-wins: the id keeps what it had before them)
+        if any(m.poison is not None or m.coords in dead for m in at_top):
             held = max((v for v in (row, tomb) if v is not None), default=None)
             if held is not None and held > top:
                 return f"id {id_}: Milvus holds {tuple(held)} above its highest version"
