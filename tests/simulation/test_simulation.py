@@ -42,10 +42,10 @@ def test_seeds_hold_every_invariant_within_the_budget_and_cover_the_floors() -> 
 
 
 def test_one_seed_is_one_run() -> None:
-    first, second = run_seed(11, trace=True), run_seed(11, trace=True)
-    assert first.trace == second.trace and len(first.trace) > 100
+    first, second = run_seed(2, trace=True), run_seed(2, trace=True)
+    assert first.trace == second.trace and len(first.trace) > 50
     assert first.failure is None, first.failure
-    other = run_seed(12, trace=True)
+    other = run_seed(3, trace=True)
     assert other.trace != first.trace
 
 
@@ -53,16 +53,16 @@ def test_one_seed_is_one_run() -> None:
     strict=True,
     reason="defect found by the simulation: a bounded run's worker in a group exits 0 while "
     "partitions of the topic are held by a member that died (until its session times out), so "
-    "the run ends with them unread (seed 0: three workers, one killed after inference)",
+    "the run ends with them unread (seed 11)",
 )
 def test_regression_bounded_workers_do_not_finish_before_the_groups_partitions_are_done() -> None:
-    result = run_seed(0)
+    result = run_seed(11)
     assert result.failure is None, f"{result.invariant}: {result.failure}"
 
 
-def test_the_known_defect_is_what_seed_0_finds() -> None:
-    """While the defect above is open, seed 0 breaks exactly that invariant (and is counted as
+def test_the_known_defect_is_what_seed_11_finds() -> None:
+    """While the defect above is open, seed 11 breaks exactly that invariant (and is counted as
     the known defect, not as a new failure)."""
-    result = run_seed(0)
+    result = run_seed(11)
     assert result.invariant == "every_message_terminal"
     assert result.known == KNOWN_GROUP_END
