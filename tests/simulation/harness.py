@@ -280,8 +280,9 @@ def _exit_status(outcome: RunOutcome) -> int:
 #: exits 0 (finished) once the partitions it holds are done while other partitions of the topic
 #: are still held by a member that died (until its session times out: a crashed worker, or a
 #: restarted one that crashed again) or by nobody, so the run as a whole ends with those
-#: partitions unread (e.g. seed 11). (A worker that finished with a partition it holds unfinished is a
-#: different failure: ``outcome_maps_to_exit_status``.) Regression test: test_simulation.py.
+#: partitions unread (e.g. seed 11). (A worker that finished with a partition it holds
+#: unfinished is a different failure: ``outcome_maps_to_exit_status``.) Regression test:
+#: test_simulation.py.
 KNOWN_GROUP_END = "bounded worker exits 0 before the group's other partitions are done"
 
 
