@@ -36,7 +36,7 @@ from bench.layout import (
 )
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-SECTIONS = ("stages", "naive", "e2e", "latency", "memory", "unpinned", "bound")
+SECTIONS = ("stages", "naive", "e2e", "quix", "latency", "memory", "unpinned", "bound")
 #: Triton setting of the bracketing ceiling when the stage sweep is skipped (one of the
 #: sweep's best points on the reference machine).
 DEFAULT_CEILING = (4, 16)
@@ -56,6 +56,16 @@ SETTINGS_REPORTED = (
 
 def _floats(text: str) -> tuple[float, ...]:
     return tuple(float(x) for x in text.replace(" ", "").split(",") if x)
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(x) for x in text.replace(" ", "").split(",") if x)
+    except ValueError:
+        sizes = ()
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"expected sizes like 600,2400, not {text!r}")
+    return sizes
 
 
 def _names(text: str) -> tuple[str, ...]:
@@ -111,6 +121,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="sources of the consumer-bound section, e.g. file,http (default file,http,s3)",
     )
     parser.add_argument(
+        "--quix-sizes",
+        type=_ints,
+        help="backlogs of the Quix Streams peer section (default 600,2400; quick 12)",
+    )
+    parser.add_argument(
         "--http", action="store_true", help="serve the images over loopback HTTP, not file://"
     )
     parser.add_argument("--model-cpus", help="CPUs of the model server (default: the first)")
@@ -143,6 +158,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "ceiling_window_s": 1.0 if quick else 15.0,
         "photos": 12 if quick else 200,
         "bound_messages": 40 if quick else 1500,
+        "quix_sizes": (12,) if quick else (600, 2400),
     }
     for key, value in defaults.items():
         if getattr(args, key) is None:
@@ -479,6 +495,12 @@ class _Bench:
             "images_per_s": round((before["images_per_s"] + after["images_per_s"]) / 2, 1),
         }
 
+    def quix(self) -> None:
+        """The Quix Streams peer and the consumer on the same backlogs (see ``bench.quixbench``)."""
+        from bench import quixbench
+
+        self.results["quix"] = quixbench.run_section(self, tuple(self.args.quix_sizes))
+
     def _latency_rate(self) -> float:
         from bench import e2e
 
@@ -596,6 +618,7 @@ class _Bench:
             ("stages", self.stages),
             ("naive", self.naive),
             ("e2e", self.end_to_end),
+            ("quix", self.quix),
             ("latency", self.latency),
             ("memory", self.memory),
             ("bound", self.bound),

@@ -14,7 +14,7 @@ import pytest
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parent.parent.parent
-OTHER_SECTIONS = ("stages", "naive", "e2e", "latency", "memory", "unpinned")
+OTHER_SECTIONS = ("stages", "naive", "e2e", "quix", "latency", "memory", "unpinned")
 MESSAGES = 12
 
 

@@ -40,6 +40,8 @@ def test_quick_harness_writes_every_section(
             "30",
             "--skip",
             "bound",  # its own test: test_bench_bound.py
+            "--skip",
+            "quix",  # its own test: test_quix_peer.py
             "--kafka-bootstrap",
             kafka_bootstrap,
             "--milvus-uri",

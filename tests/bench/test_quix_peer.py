@@ -7,10 +7,13 @@ with the reason when the package index cannot be reached.
 from __future__ import annotations
 
 import ast
+import os
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from bench import quixbench
@@ -127,3 +130,68 @@ def test_peer_writes_every_message_as_its_row(
         norm = sum(x * x for x in row["embedding"]) ** 0.5
         assert norm == pytest.approx(1.0, abs=1e-4)
         assert len(row["embedding"]) == contract.EMBEDDING_DIM
+
+
+@pytest.mark.integration
+def test_bench_section_compares_peer_and_consumer(
+    quix_venv: Path,
+    kafka_bootstrap: str,
+    milvus_uri: str,
+    triton_grpc_url: str,
+    tmp_path: Path,
+) -> None:
+    """``python -m bench`` with only the Quix section: both ran every message, a ratio each."""
+    from bench.cli import SECTIONS
+
+    skips = [arg for name in SECTIONS if name != "quix" for arg in ("--skip", name)]
+    results_dir = tmp_path / "results"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "--quick",
+            *skips,
+            "--images",
+            "6",
+            "--quix-sizes",
+            f"{MESSAGES}",
+            "--kafka-bootstrap",
+            kafka_bootstrap,
+            "--milvus-uri",
+            milvus_uri,
+            "--triton-url",
+            triton_grpc_url,
+            "--results-dir",
+            str(results_dir),
+            "--cache-dir",
+            str(tmp_path / "cache"),
+        ],
+        cwd=ROOT,
+        env={k: v for k, v in os.environ.items() if k != "IMAGE_EMBEDDER_BENCH_CPUS"},
+        capture_output=True,
+        text=True,
+        timeout=540,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    [json_path] = results_dir.glob("*.json")
+    results = orjson.loads(json_path.read_bytes())
+    run = results["quix"]["runs"][str(MESSAGES)]
+    assert run["peer"]["rows"] == run["peer"]["rows_in_collection"] == MESSAGES
+    assert run["consumer"]["ingested"] == MESSAGES
+    assert run["peer"]["images_per_s"] > 0 and run["consumer"]["images_per_s"] > 0
+    ratio = results["ratios"][f"consumer_over_quix_{MESSAGES}"]
+    assert ratio["value"] == pytest.approx(run["ratio"], abs=1e-3)
+    assert ratio["target"] == 2.0
+    assert "Quix Streams peer" in proc.stdout
+
+
+def test_quix_sizes_must_be_positive_integers() -> None:
+    from bench.cli import parse_args
+
+    assert parse_args(["--quix-sizes", "600,2400"]).quix_sizes == (600, 2400)
+    assert parse_args(["--quick"]).quix_sizes == (12,)
+    for bad in ("0", "six", ""):
+        with pytest.raises(SystemExit):
+            parse_args(["--quix-sizes", bad])
