@@ -11,6 +11,7 @@ section's steady rate, and its whole-run rate (first write to last) is reported 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -135,6 +136,7 @@ def run_section(bench: Any, sizes: tuple[int, ...]) -> dict[str, Any]:
     for size in sizes:
         topic = bench.topic(f"quix{size}", size)
         target = bench.collection(f"quix{size}")
+        load_before = os.getloadavg()[0]
         try:
             peer = bench.clock.run(
                 f"Quix Streams peer: {size} messages",
@@ -151,6 +153,7 @@ def run_section(bench: Any, sizes: tuple[int, ...]) -> dict[str, Any]:
                 ),
             )
             peer["rows_in_collection"] = _count(ep.milvus, target)
+            peer["load_average_1m"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
         finally:
             bench.release(target)
         print(f"   peer {peer}", flush=True)
@@ -167,6 +170,8 @@ def run_section(bench: Any, sizes: tuple[int, ...]) -> dict[str, Any]:
                 "images_per_s_first_to_last_write": whole,
                 "cpu_s_per_image": consumer["cpu_s_per_image"],
                 "ingested": consumer["ingested"],
+                "other_cores_busy": consumer["machine"]["other_cores_busy"],
+                "load_average_1m_end": round(os.getloadavg()[0], 2),
             },
             "ratio": _ratio(consumer["images_per_s"], peer.get("images_per_s")),
             "ratio_first_to_last_write": _ratio(whole, peer.get("images_per_s")),
