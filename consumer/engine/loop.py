@@ -49,6 +49,7 @@ from consumer.engine.events import (
 )
 from consumer.engine.exceptions import EngineFatalError
 from consumer.engine.flow import FlowControl
+from consumer.engine.groupend import GroupEnd
 from consumer.engine.ledger import InFlightLedger, RawRecord
 from consumer.engine.outcome import RunOutcome, RunSummary
 from consumer.engine.plan import Plan
@@ -71,7 +72,8 @@ from consumer.engine.wiring import (
     triton_endpoint,
 )
 from consumer.observability.logging import get_logger
-from consumer.observability.metrics import Metrics, Outcome, RetryOperation
+from consumer.observability.metrics import EndToEndKind, Metrics, Outcome, RetryOperation
+from consumer.security import AuthFailureWatch
 from consumer.settings import Settings, parse_start
 from consumer.sink import (
     CollectionMismatchError,
@@ -140,7 +142,16 @@ class Engine:
         self._sigint_count = 0
         self._start_spec = parse_start(settings.start_from) if settings.start_from else None
         self._bounded = backfill_plan.bounded(settings)
+        # records of a bounded run or a replay are old by design: kept out of the live freshness
+        self._live = not (self._bounded or settings.start_from is not None)
         self._plan: Plan | None = None
+        self._group_end: GroupEnd | None = None  # a bounded run: the end of the whole group's
+        self._auth_watch = AuthFailureWatch(
+            settings.auth_failure_timeout_s,
+            clock=self._clock.monotonic,
+            on_retry=self._auth_retry,
+            conf=settings.kafka_common(),
+        )
         self.collection_name = ""
         # made at set-up
         self._consumer: KafkaConsumerLike | None = None
@@ -250,6 +261,10 @@ class Engine:
             commit_interval_s=s.commit_interval_s,
             on_committed=self._on_committed,
         )
+        if self._bounded:
+            self._group_end = GroupEnd.resolve(
+                consumer, s.topic or "", runtime.clock, plan=self._plan, until=s.until
+            )
         consumer.subscribe(
             [s.topic or ""],
             on_assign=self._on_assign,
@@ -326,6 +341,8 @@ class Engine:
         timeout = 0.005 if busy else s.poll_timeout_s
         room = self._flow.room(in_flight)
         messages = consumer.consume(num_messages=min(budget, room), timeout=timeout)
+        if (line := self._auth_watch.fatal()) is not None and self._fatal is None:
+            self._fatal = EngineFatalError(line)
         if self._fatal is not None:
             return False
         if messages:
@@ -340,14 +357,22 @@ class Engine:
         return True
 
     def _bounded_run_complete(self) -> bool:
-        """Every assigned partition read to its end, finished and committed."""
+        """Every assigned partition read to its end, finished and committed, and the group's
+        commits at the end of every other partition too (groupend.py: a member whose own
+        partitions are done stays as a standby until then; one that holds none ends then)."""
         assignments, tracker = self._assignments, self._ledger.tracker
-        if not assignments.all_reached_and_idle(tracker.in_flight):
-            return False
-        if tracker.committable(assignments.assigned()):
-            assert self._committer is not None
-            self._committer.maybe_commit(force=True)
-        return assignments.bounded_run_complete(tracker.in_flight, tracker.committable)
+        if assignments.any_assigned():
+            if not assignments.all_reached_and_idle(tracker.in_flight):
+                return False
+            if tracker.committable(assignments.assigned()):
+                assert self._committer is not None
+                self._committer.maybe_commit(force=True)
+            if not assignments.bounded_run_complete(tracker.in_flight, tracker.committable):
+                return False
+        if self._group_end is None:
+            return assignments.any_assigned()
+        held = {p: end for (_, p), end in assignments.ends().items()}
+        return self._group_end.complete(held)
 
     def _pump(self) -> None:
         """Everything but polling: dead-letter reports and resends, events, dispatch."""
@@ -428,6 +453,7 @@ class Engine:
                 if err.code() == KafkaError._PARTITION_EOF:
                     self._assignments.eof(key, offset, self._ledger.tracker.position(key))
                 else:
+                    self._auth_watch.observe(err)
                     log.warning("kafka consume error", error=str(err))
                 continue
             if not self._assignments.is_assigned(key):
@@ -522,6 +548,7 @@ class Engine:
             case Outcome.SUPERSEDED:
                 self.summary.superseded += 1
         self.metrics.record_outcome(result.outcome)
+        self._observe_age(ref, EndToEndKind.WRITTEN)
         self._retire(ref)
 
     def _dead_letter(self, ref: Ref, stage: Stage, error_type: ErrorType, text: str) -> None:
@@ -536,7 +563,18 @@ class Engine:
         key = str(error_type)
         self.summary.dead_letters_by_type[key] = self.summary.dead_letters_by_type.get(key, 0) + 1
         self.metrics.record_dead_letter(error_type)
+        self._observe_age(ref, EndToEndKind.DEAD_LETTERED)
         self._retire(ref)
+
+    def _observe_age(self, ref: Ref, kind: EndToEndKind) -> None:
+        """Freshness: from the record's Kafka timestamp to its acknowledgement (now). A redriven
+        record carries its first timestamp: it is never live."""
+        raw = self._ledger.raw(ref)
+        if raw is None:
+            return
+        live = self._live and raw.redrive_count == 0
+        age = self._clock.time() - raw.version.ts / 1000
+        self.metrics.observe_end_to_end(age, kind=kind, live=live)
 
     def _retire(self, ref: Ref) -> None:
         self._ledger.retire(ref)
@@ -544,6 +582,7 @@ class Engine:
             self._on_progress(self.summary.done(), self._assignments.total_count())
 
     def _on_committed(self, committed: dict[PartitionKey, int]) -> None:
+        self._auth_watch.ok()  # the group coordinator answered: access works again
         for (topic, part), off in committed.items():
             self.summary.committed[f"{topic}:{part}"] = off
         if self._router is not None:
@@ -551,6 +590,8 @@ class Engine:
 
     # ========================================================================== rebalance
     def _on_assign(self, consumer: KafkaConsumerLike, partitions: list[TopicPartition]) -> None:
+        if self._closing:  # served inside close(): the handle is going away, nothing to start
+            return
         spec = None if self._plan is not None else self._start_spec  # a plan applied it once
         try:
             self._assignments.position(
@@ -684,7 +725,14 @@ class Engine:
     def _on_kafka_error(self, err: KafkaError) -> None:
         if err.fatal():
             self._fatal = KafkaException(err)
-        log.warning("kafka error", error=str(err))
+        if self._auth_watch.observe(err) is None:  # an auth failure logs its own line
+            log.warning("kafka error", error=str(err))
+
+    def _auth_retry(self, cause: str, line: str) -> None:
+        """An authentication or authorization failure during the run: retried (librdkafka
+        reconnects) until ``--auth-failure-timeout-s``, then the run exits 1 with ``line``."""
+        self.metrics.record_retry(RetryOperation.KAFKA_AUTH)
+        log.warning("kafka access refused; retrying", cause=cause, error=line)
 
     def readiness(self) -> dict[str, bool | str]:
         """Checks for /readyz (called from the health server's thread)."""

@@ -80,6 +80,13 @@ def test_metrics_move_probes_answer_and_sigterm_drains(
                 metric(text, "image_embedder_stage_duration_seconds_count", f'stage="{stage}"') > 0
             ), stage
         assert metric(text, "image_embedder_batch_size_count") > 0
+        # freshness: every acknowledged record of this unbounded run is live, and young
+        e2e = "image_embedder_end_to_end_seconds"
+        written = metric(text, f"{e2e}_count", 'kind="written",live="true"')
+        assert written >= len(messages)
+        assert metric(text, f"{e2e}_count", 'kind="dead_lettered",live="true"') == 1
+        assert metric(text, f"{e2e}_count", 'live="false"') == 0
+        assert 0 <= metric(text, f"{e2e}_sum", 'kind="written",live="true"') < 600 * written
         assert "image_embedder_build_info{" in text
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=120) == 0

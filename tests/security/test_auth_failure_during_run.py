@@ -20,13 +20,7 @@ from confluent_kafka.admin import (
 
 from tests.security.conftest import ENV, PRINCIPAL, ROOT, Scenario
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.xfail(
-        strict=True,
-        reason="the engine does not feed consumer.security.AuthFailureWatch yet",
-    ),
-]
+pytestmark = pytest.mark.integration
 
 TIMEOUT_S = 5
 

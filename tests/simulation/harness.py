@@ -276,22 +276,11 @@ def _exit_status(outcome: RunOutcome) -> int:
     }[outcome]
 
 
-#: A defect the simulation found in the product that is not fixed yet: a bounded run's worker
-#: exits 0 (finished) once the partitions it holds are done while other partitions of the topic
-#: are still held by a member that died (until its session times out: a crashed worker, or a
-#: restarted one that crashed again) or by nobody, so the run as a whole ends with those
-#: partitions unread (e.g. seed 11). (A worker that finished with a partition it holds
-#: unfinished is a different failure: ``outcome_maps_to_exit_status``.) Regression test:
-#: test_simulation.py.
-KNOWN_GROUP_END = "bounded worker exits 0 before the group's other partitions are done"
-
-
 @dataclass
 class Result:
     seed: int
     failure: str | None
     invariant: str | None
-    known: str | None
     trace: list[str]
     coverage: Counter[str]
     steps: int
@@ -958,20 +947,10 @@ class Scenario:
             if ok and self.rng.random() < 0.3:
                 ok = self.redrive()
         self._coverage_summary()
-        known = None
-        group = w.cluster.groups.get(w.phase_group)
-        if (
-            self.invariant == "every_message_terminal"
-            and "ends with" in (self.failure or "")
-            and self.phase_bounded
-            and group is not None
-        ):
-            known = KNOWN_GROUP_END
         return Result(
             w.seed,
             self.failure,
             self.invariant,
-            known,
             w.lines,
             w.coverage,
             self.steps,

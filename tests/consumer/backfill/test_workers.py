@@ -212,11 +212,6 @@ def test_a_worker_without_a_plan_exits_1_and_says_what_to_do(
     assert refused.returncode == 2 and "belongs to the plan" in refused.stderr
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine: a backfill worker whose own partitions are done ends at once; it should "
-    "stay in the group (a standby) until plan.complete() over the group's commits",
-)
 def test_no_worker_ends_before_the_whole_plan_is_done(
     kafka_bootstrap: str,
     milvus_uri: str,
