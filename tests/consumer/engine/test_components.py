@@ -30,6 +30,7 @@ from consumer.inference import ModelSpec
 from consumer.observability.metrics import Metrics
 from consumer.settings import Settings
 from schemas import ErrorType, ImageMessage, Stage, Version
+from tests.support.clock import ManualClock
 
 KEY = ("t", 0)
 
@@ -253,24 +254,6 @@ def test_backoff_doubles_up_to_its_cap_with_seeded_jitter() -> None:
     assert Backoff(initial=0.5, cap=5.0, jitter=0.0).next_delay() == 0.5
 
 
-class _FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def monotonic(self) -> float:
-        return self.now
-
-    def time(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.now += seconds
-
-    def wait(self, event: threading.Event, seconds: float | None) -> bool:
-        self.now += seconds or 0
-        return event.is_set()
-
-
 class _CommitsConsumer:
     """The group's commits of every partition, as ``committed()`` returns them."""
 
@@ -296,7 +279,7 @@ def test_a_backfills_remaining_messages_are_reported_every_15_s_of_the_runtime_c
     from consumer.engine.committer import REMAINING_INTERVAL_S, Committer
 
     plan = Plan("p", ends={0: 10, 1: 20, 2: 30}, starts={0: 0, 1: 5, 2: 10})
-    consumer, clock, metrics = _CommitsConsumer(plan), _FakeClock(), Metrics()
+    consumer, clock, metrics = _CommitsConsumer(plan), ManualClock(), Metrics()
     assignments = Assignments()
     assignments.assign(("t", 0), 1)  # this worker holds one partition of three
     committer = Committer(

@@ -12,22 +12,9 @@ from confluent_kafka import TopicPartition
 from consumer.engine import plan as backfill_plan
 from consumer.engine.groupend import GroupEnd
 from consumer.engine.plan import Plan
+from tests.support.clock import ManualClock
 
 TOPIC = "images"
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def monotonic(self) -> float:
-        return self.now
-
-    def time(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.now += seconds
 
 
 class Cluster:
@@ -61,7 +48,7 @@ class Cluster:
 
 
 def test_own_partitions_done_is_not_the_end_while_another_partition_is_short() -> None:
-    cluster, clock = Cluster({0: (0, 10), 1: (0, 7), 2: (5, 5)}), Clock()
+    cluster, clock = Cluster({0: (0, 10), 1: (0, 7), 2: (5, 5)}), ManualClock(100.0)
     end = GroupEnd.resolve(cluster, TOPIC, clock, plan=None, until=None)  # type: ignore[arg-type]
     assert end.ends == {0: 10, 1: 7, 2: 5}
     cluster.commits = {0: (10, None)}  # ours: partition 0 done; 1 is another member's
@@ -76,7 +63,7 @@ def test_own_partitions_done_is_not_the_end_while_another_partition_is_short() -
 
 def test_the_ends_a_member_fixed_at_assignment_win_over_the_start_up_ones() -> None:
     """Messages that arrived between start-up and the assignment are part of this member's run."""
-    cluster, clock = Cluster({0: (0, 10), 1: (0, 4)}), Clock()
+    cluster, clock = Cluster({0: (0, 10), 1: (0, 4)}), ManualClock(100.0)
     end = GroupEnd.resolve(cluster, TOPIC, clock, plan=None, until=None)  # type: ignore[arg-type]
     cluster.commits = {0: (10, None), 1: (4, None)}
     assert not end.complete({0: 12})
@@ -87,7 +74,7 @@ def test_the_ends_a_member_fixed_at_assignment_win_over_the_start_up_ones() -> N
 
 def test_a_plan_is_done_when_its_commits_carry_it_to_every_end() -> None:
     plan = Plan("p1", ends={0: 10, 1: 7}, starts={0: 0, 1: 0})
-    cluster, clock = Cluster({0: (0, 20), 1: (0, 20)}), Clock()
+    cluster, clock = Cluster({0: (0, 20), 1: (0, 20)}), ManualClock(100.0)
     end = GroupEnd(cluster, TOPIC, clock, plan=plan, ends={}, lows={})  # type: ignore[arg-type]
     assert end.ends == {0: 10, 1: 7}  # the plan's, not the watermarks
     cluster.commits = {0: (10, plan.metadata(0)), 1: (7, None)}  # 1: someone else's commit
