@@ -82,7 +82,10 @@ def test_consumer_bound_section_reports_every_source(
         assert 0 < fig["over_decode_floor"] <= 2.0, (source, fig["over_decode_floor"])
         assert 0 < fig["cpu_over_decode_floor"] <= 2.0, (source, fig)
         threads = fig["thread_cpu_ms_per_image"]
-        assert sum(threads.values()) == pytest.approx(fig["cpu_ms_per_image"], rel=0.05)
+        # threads that ended between the two samples are in the process's total only: the sum
+        # of the threads' figures is at most the total and, over 12 messages, most of it
+        total = fig["cpu_ms_per_image"]
+        assert 0.85 * total <= sum(threads.values()) <= 1.02 * total, (source, threads, total)
         assert {"fetch", "decode", "preprocess", "infer", "write"} <= set(fig["stage_ms_per_image"])
     for name in (
         "http_over_file",
