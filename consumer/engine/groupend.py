@@ -73,13 +73,9 @@ class GroupEnd:
         first offset after ``until``)."""
         if plan is not None:
             return cls(consumer, topic, clock, plan=plan, ends={}, lows={})
-        ends: dict[int, int] = {}
-        lows: dict[int, int] = {}
-        for partition in backfill_plan.partitions_of(consumer, topic):
-            tp = TopicPartition(topic, partition)
-            low, high = consumer.get_watermark_offsets(tp, timeout=10, cached=False)
-            lows[partition] = int(low)
-            ends[partition] = _until_offset(consumer, tp, int(high), until)
+        partitions = backfill_plan.partitions_of(consumer, topic)
+        watermarks, ends = backfill_plan.resolve_ends(consumer, topic, partitions, until)
+        lows = {p: int(low) for p, (low, _) in watermarks.items()}
         return cls(consumer, topic, clock, plan=None, ends=ends, lows=lows)
 
     @property
@@ -115,16 +111,3 @@ class GroupEnd:
             log.debug("waiting for the group's other partitions", ends=ends)
         self._done = done
         return done
-
-
-def _until_offset(
-    consumer: KafkaConsumerLike, tp: TopicPartition, high: int, until: datetime | None
-) -> int:
-    """The first offset after ``until`` (``high`` when no message is that late, or no bound)."""
-    if until is None:
-        return high
-    ms = int(until.timestamp() * 1000) + 1
-    found = consumer.offsets_for_times([TopicPartition(tp.topic, tp.partition, ms)], timeout=10)
-    if found and found[0].offset >= 0:
-        return int(found[0].offset)
-    return high

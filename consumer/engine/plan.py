@@ -372,20 +372,29 @@ def make(
             f"--until {s.until.isoformat()} is in the future: a backfill's end must be fixed "
             "when it starts (use an unbounded run to follow the topic)"
         )
-    watermarks = {
-        p: consumer.get_watermark_offsets(TopicPartition(spec.topic, p), timeout=10, cached=False)
-        for p in partitions
-    }
+    watermarks, ends = resolve_ends(consumer, spec.topic, partitions, s.until)
     starts = _resolve_starts(consumer, spec.topic, parse_start(spec.start_from), watermarks)
-    ends = {p: high for p, (_, high) in watermarks.items()}
-    if s.until is not None:
-        ms = int(s.until.timestamp() * 1000) + 1
-        found = consumer.offsets_for_times(
-            [TopicPartition(spec.topic, p, ms) for p in partitions], timeout=10
-        )
-        ends.update({tp.partition: tp.offset for tp in found if tp.offset >= 0})
     starts = {p: min(starts[p], ends[p]) for p in partitions}
     return Plan(spec.plan_id, ends, starts, max_rate, spec.start_from, spec.until)
+
+
+def resolve_ends(
+    consumer: Any, topic: str, partitions: list[int], until: datetime | None
+) -> tuple[dict[int, tuple[int, int]], dict[int, int]]:
+    """Each partition's watermarks (low, high) now, and its end: the high watermark, or the
+    first offset after ``until`` (the high watermark when no message is that late)."""
+    watermarks = {
+        p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10, cached=False)
+        for p in partitions
+    }
+    ends = {p: high for p, (_, high) in watermarks.items()}
+    if until is not None:
+        ms = int(until.timestamp() * 1000) + 1
+        found = consumer.offsets_for_times(
+            [TopicPartition(topic, p, ms) for p in partitions], timeout=10
+        )
+        ends.update({tp.partition: tp.offset for tp in found if tp.offset >= 0})
+    return watermarks, ends
 
 
 def _resolve_starts(
