@@ -325,7 +325,10 @@ def serve(options: ServerOptions) -> int:
         LOG.info("signal %s received, stopping", signal.Signals(stop_signal[0]).name)
         return 0
     except _StopRequested:
-        LOG.info("stopped during start-up")
+        # Triton may already answer "ready" here: PyTriton's run() returns after its own checks.
+        LOG.info(
+            "signal %s received during start-up, stopping", signal.Signals(stop_signal[0]).name
+        )
         return 0
     except FatalWeightsError as exc:
         LOG.error("cannot load the model: %s", exc)

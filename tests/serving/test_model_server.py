@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import time
 from collections.abc import Callable
@@ -164,5 +165,9 @@ def test_signal_stops_server_and_triton(start_triton: Callable[..., Any], sig: i
     _gone, alive = psutil.wait_procs(children, timeout=10)
     assert alive == [], [p.pid for p in alive]
     log = server.log_file.read_text(errors="replace")
-    assert f"signal {signal.Signals(sig).name} received, stopping" in log
+    # The model answers "ready" a moment before PyTriton's run() returns: a signal in between is
+    # taken as one during start-up, and the line says so. Either way it names the signal.
+    assert re.search(
+        rf"signal {signal.Signals(sig).name} received( during start-up)?, stopping", log
+    )
     assert "Traceback" not in log
