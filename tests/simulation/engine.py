@@ -17,9 +17,11 @@ fake image's bytes, and the engine's crash hook by the world's (patched while a 
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import functools
+import queue
 import random
 import threading
 from collections.abc import Callable, Iterator
@@ -103,9 +105,39 @@ class MilvusView:
         return getattr(self._milvus, name)
 
 
+class GatedQueue:
+    """The writer's queue as the simulation hands it out: what is put in becomes takeable only
+    at ``release()``, the instant the writer reads the stored versions. A real writer reads them
+    after it took its operations, so an operation submitted between that read and the write it
+    lands with waits for the next turn instead of being checked against a read older than it."""
+
+    def __init__(self) -> None:
+        self._arrived: collections.deque[Any] = collections.deque()
+        self._ready: collections.deque[Any] = collections.deque()
+
+    def put(self, item: Any) -> None:
+        self._arrived.append(item)
+
+    def release(self) -> None:
+        self._ready.extend(self._arrived)
+        self._arrived.clear()
+
+    def get_nowait(self) -> Any:
+        if not self._ready:
+            raise queue.Empty
+        return self._ready.popleft()
+
+    def get(self, timeout: float | None = None) -> Any:  # the writer's step(block=False) never
+        return self.get_nowait()  # blocks; a blocking take would stall the virtual clock
+
+    def qsize(self) -> int:
+        return len(self._arrived) + len(self._ready)
+
+
 class WriterThread:
     """What the writer's thread starter returns: no thread; the scheduler runs the writer's
-    ``step(block=False)`` one write latency after it read the stored versions."""
+    ``step(block=False)`` one write latency after it took what was queued and read the stored
+    versions (see :class:`GatedQueue`)."""
 
     def __init__(
         self,
@@ -121,6 +153,11 @@ class WriterThread:
         self.executor = executor
         self.latency = latency
         self.alive = True
+        self.gate = GatedQueue()
+        with contextlib.suppress(queue.Empty):  # anything submitted before the thread started
+            while True:
+                self.gate.put(writer._queue.get_nowait())
+        writer._queue = self.gate
         self._tick()
 
     def _tick(self) -> None:
@@ -130,6 +167,7 @@ class WriterThread:
     def _read(self) -> None:
         if not self.alive:
             return
+        self.gate.release()
         try:
             snap = self.view.snapshot()
         except Exception:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -16,7 +17,11 @@ from confluent_kafka import (
 from pymilvus.exceptions import MilvusException
 
 from consumer.inference import InferenceRejectedError, InferenceUnavailableError
+from consumer.observability.metrics import Outcome
+from consumer.sink.writer import MilvusWriter, WriteOp, WriteResult
+from schemas import Version
 from tests.simulation.clock import DeterministicExecutor, Scheduler, VirtualClock
+from tests.simulation.engine import MilvusView, WriterThread
 from tests.simulation.kafka import Cluster, FakeConsumer, FakeProducer
 from tests.simulation.milvus import CODE_NOT_LOADED, FakeMilvus
 from tests.simulation.triton import FakeFetcher, FakeTriton, NotFoundError, uri_of
@@ -235,3 +240,50 @@ def test_the_scheduler_picks_ready_tasks_from_the_seed() -> None:
     assert not late.done()
     clock.sleep(1.0)
     assert late.result() == "x" and clock.monotonic() == 2.0
+
+
+def test_a_write_is_checked_against_a_read_taken_after_it_was_submitted() -> None:
+    """The writer reads the stored versions after it took its operations, so an operation that
+    arrives after one turn's read waits for the next turn. The simulation once checked it against
+    the older read: an older version landed over a row another process had written meanwhile
+    (10 of 10 000 seeds broke ``stored_versions_never_go_back`` that way, not the engine)."""
+    clock = VirtualClock()
+    sched = Scheduler(clock, random.Random(0))
+    milvus = FakeMilvus(clock, random.Random(0))
+    milvus.create_collection("c")
+    results: list[WriteResult] = []
+
+    def writer_of(name: str, latency_s: float) -> MilvusWriter:
+        view = MilvusView(milvus)
+
+        def start(target: Callable[[], None], _name: str) -> WriterThread:
+            return WriterThread(target.__self__, view, sched, name, lambda: latency_s)  # type: ignore[attr-defined]
+
+        writer = MilvusWriter(
+            view, "c", on_results=results.extend, max_age_s=0.0, start_thread=start
+        )
+        writer.start()
+        return writer
+
+    def op(version: Version) -> WriteOp:
+        row = {
+            "id": "x",
+            "kafka_ts": version.ts,
+            "kafka_partition": 0,
+            "kafka_offset": version.offset,
+        }
+        return WriteOp(version, "x", version, row)
+
+    fast, slow = writer_of("fast", 0.1), writer_of("slow", 1.0)
+    newer, older = Version(2_000, 0, 5), Version(1_000, 0, 3)
+    fast.submit([op(newer)])
+    start = clock.monotonic()
+    sched.run_until(
+        start + 0.5
+    )  # the slow writer read the (empty) collection at 0 and writes at 1.0
+    assert [Version.of_row(r) for r in milvus.rows("c")] == [newer]
+    slow.submit([op(older)])  # after the slow writer's read, before its write
+    sched.run_until(start + 3.0)
+
+    assert [Version.of_row(r) for r in milvus.rows("c")] == [newer]
+    assert (older, Outcome.SKIPPED_STALE) in [(r.token, r.outcome) for r in results]
