@@ -147,7 +147,8 @@ class Assignments:
             state.reached = True
 
     def handed_out_not_taken(self, key: PartitionKey, offset: int) -> None:
-        """A record polled while draining: never committed past."""
+        """A record polled but not taken in (while draining, or with a fatal error from the
+        same poll): never committed past."""
         self.state(key).take_not_taken(offset)
 
     # --- positioning (on assignment) -------------------------------------------------------

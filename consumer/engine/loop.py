@@ -343,7 +343,8 @@ class Engine:
         messages = consumer.consume(num_messages=min(budget, room), timeout=timeout)
         if (line := self._auth_watch.fatal()) is not None and self._fatal is None:
             self._fatal = EngineFatalError(line)
-        if self._fatal is not None:
+        if self._fatal is not None:  # e.g. set by a callback inside this very poll
+            self._not_taking(messages)
             return False
         if messages:
             crash_point("after_poll")
@@ -495,6 +496,15 @@ class Engine:
             self._writer.submit([WriteOp(ref, msg.id, version, None)])
             return
         self._stages.fetch(ref, msg)
+
+    def _not_taking(self, messages: list[KafkaMessageLike]) -> None:
+        """Messages polled that will not be taken in (a fatal error came with the poll, or the
+        loop is draining): the consumer's position is past them, so the committer must not
+        move an idle partition past them (see ``Committer._skip_invisible``)."""
+        for message in messages:
+            if message.error() is None:
+                key = (message.topic() or "", message.partition() or 0)
+                self._assignments.handed_out_not_taken(key, message.offset() or 0)
 
     # ============================================================================== events
     def _handle_events(self) -> None:
@@ -684,10 +694,8 @@ class Engine:
             and (self._ledger.in_flight() or router.pending)
         ):
             self._pump()
-            for message in consumer.consume(num_messages=1, timeout=0.01):  # the group
-                if message.error() is None:  # (paused: none expected) never committed past
-                    key = (message.topic(), message.partition())
-                    self._assignments.handed_out_not_taken(key, message.offset())
+            # the group's callbacks run in consume(); paused, it hands out nothing normally
+            self._not_taking(consumer.consume(num_messages=1, timeout=0.01))
         if self._ledger.in_flight():
             self._halt_inference.set()  # e.g. Triton down: stop retrying, the pool can stop
             self._drain_timed_out = True  # stuck work (a held fetch) must not hold the exit
