@@ -5,6 +5,7 @@ that a misconfiguration fails fast with one clear line instead of a consumer tha
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,15 +18,15 @@ from consumer.settings import Settings
 log = get_logger("consumer.preflight")
 
 
-def check_kafka(admin: Any, s: Settings) -> None:
+def check_kafka(make_admin: AdminFactory, admin: Any, s: Settings) -> None:
     """Every Kafka start-up check, in order; raises ``EngineFatalError`` with the cause.
 
     The connection first (authentication, TLS: the CA, the host name, the client
-    certificate), then each ACL the consumer needs, one by one: READ on the topic, READ on the
-    group, WRITE on the dead-letter topic. All before the first poll and before Triton and
-    the JAX warm-up.
+    certificate; a probe client of ``make_admin``'s), then each ACL the consumer needs, one by
+    one, through ``admin``: READ on the topic, READ on the group, WRITE on the dead-letter
+    topic. All before the first poll and before Triton and the JAX warm-up.
     """
-    failure = check_connection(s)
+    failure = check_connection(s, make_admin=make_admin)
     if failure:
         raise EngineFatalError(failure)
     if failure is None:  # the broker answered; else the consumer waits for it as before
@@ -44,19 +45,30 @@ CONNECT_CHECK_S = 15.0
 NO_ANSWER = ""
 
 
-def check_connection(s: Settings, timeout_s: float = CONNECT_CHECK_S) -> str | None:
+#: Makes an admin client from its configuration (``AdminClient``, or the engine's ``Edges.admin``).
+AdminFactory = Callable[[dict[str, Any]], Any]
+
+
+def _admin_client(conf: dict[str, Any]) -> Any:
+    from confluent_kafka.admin import AdminClient
+
+    return AdminClient(conf)
+
+
+def check_connection(
+    s: Settings, timeout_s: float = CONNECT_CHECK_S, *, make_admin: AdminFactory = _admin_client
+) -> str | None:
     """The one-line cause when the broker refuses the connection for a security reason
     (authentication, an untrusted CA, a host name mismatch, a refused client certificate);
     ``None`` when a metadata request goes through; ``NO_ANSWER`` when the broker did not
-    answer within ``timeout_s`` (the consumer then waits for it as usual)."""
-    from confluent_kafka.admin import AdminClient
-
+    answer within ``timeout_s`` (the consumer then waits for it as usual). The probe is a client
+    of its own (``make_admin``): its error callback is where librdkafka reports the refusal."""
     from consumer.security import classify, explain
 
     conf = s.kafka_common()
     seen: list[Any] = []
     probe_conf: dict[str, Any] = {**conf, "error_cb": seen.append, "log_level": 0}
-    probe = AdminClient(probe_conf)
+    probe = make_admin(probe_conf)
     deadline = time.monotonic() + timeout_s
     while True:
         try:

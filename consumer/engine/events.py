@@ -4,8 +4,8 @@ One queue (``Events``), one kind of thing on it: the frozen event classes below.
 completions arrive through ``Future.add_done_callback`` (on the I/O thread that finished, or at
 once if already done), inference and write outcomes from their threads, dead-letter delivery
 reports from ``Producer.poll`` on the main thread. The main thread takes them all between polls
-and dispatches them with ``match`` (``Engine.handle``); a new event class that is not handled is a
-type error (``assert_never``).
+and dispatches them with ``match`` (``EventHandler.handle``, handler.py); a new event class that
+is not handled is a type error (``assert_never``).
 
 The queue is not bounded by a size of its own: at most a few events exist per message in flight,
 and ``--max-rows-in-flight`` bounds those (see docs/architecture.md).

@@ -7,7 +7,14 @@
 - ``DeadLetterRouter`` (deadletters.py): dead letters until the broker acknowledges them;
 - ``FlowControl`` (flow.py): the rate limit and pause/resume at the rows-in-flight cap;
 - ``Committer`` (committer.py): the group's commits;
+- ``Intake`` (intake.py): a poll's records into the ledger and the stages (or marked not taken);
+- ``EventHandler`` (handler.py): the workers' and the broker's events; outcomes, retirements;
+- ``Rebalance`` (rebalance.py): the group's assign, revoke and lost callbacks;
+- ``GroupEnd`` (groupend.py): when a bounded run's whole group is done;
 - ``MilvusWriter`` (consumer/sink/writer.py): grouped upserts and deletes on its own thread.
+
+The engine itself sets them up (``setup``), runs the loop (``step``: pump, flow control, one
+poll, a commit when due, the bounded end) and stops in order: intake, drain, commit, close.
 
 Threads: the main thread runs ``step()`` (the Kafka consumer, JAX, the ledger, every commit and
 every dead-letter delivery report); the I/O and inference pools and the writer hand results back
@@ -22,7 +29,7 @@ import contextlib
 import signal
 import threading
 from collections.abc import Callable
-from typing import Any, assert_never
+from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
@@ -33,31 +40,24 @@ from consumer.engine.committer import Committer
 from consumer.engine.crash import crash_point
 from consumer.engine.deadletters import DeadLetterRouter
 from consumer.engine.events import (
-    DeadLetterDelivered,
-    DeadLetterFailed,
-    Event,
     Events,
-    FetchCancelled,
-    Fetched,
-    FetchFailed,
-    InferenceDone,
-    InputRefused,
     PartitionKey,
     Ref,
-    VectorsBad,
     WriteAcknowledged,
 )
 from consumer.engine.exceptions import EngineFatalError
 from consumer.engine.flow import FlowControl
 from consumer.engine.groupend import GroupEnd
-from consumer.engine.ledger import InFlightLedger, RawRecord
+from consumer.engine.handler import EventHandler
+from consumer.engine.intake import Intake
+from consumer.engine.ledger import InFlightLedger
 from consumer.engine.outcome import RunOutcome, RunSummary
 from consumer.engine.plan import Plan
+from consumer.engine.rebalance import Rebalance
 from consumer.engine.runtime import (
     Edges,
     InferenceLike,
     KafkaConsumerLike,
-    KafkaMessageLike,
     MilvusLike,
     Runtime,
     SystemClock,
@@ -71,26 +71,16 @@ from consumer.engine.wiring import (
     make_writer,
     triton_endpoint,
 )
+from consumer.inference.client import ModelSpec
 from consumer.observability.logging import get_logger
-from consumer.observability.metrics import EndToEndKind, Metrics, Outcome, RetryOperation
+from consumer.observability.metrics import Metrics, RetryOperation
 from consumer.security import AuthFailureWatch
 from consumer.settings import Settings, parse_start
 from consumer.sink import (
     CollectionMismatchError,
     MilvusCollection,
     MilvusWriter,
-    WriteOp,
-    WriteResult,
     collection_name,
-)
-from schemas import (
-    ErrorType,
-    InvalidMessage,
-    Stage,
-    Version,
-    decode_message,
-    redrive_count,
-    version_from_headers,
 )
 
 __all__ = ["Engine", "Ref", "RunOutcome", "RunSummary"]
@@ -134,11 +124,9 @@ class Engine:
         self._abort = threading.Event()
         # set on a second SIGINT or when the drain gives up: inference stops retrying
         self._halt_inference = threading.Event()
-        self._closing = False
         self._drain_timed_out = False
         self._fatal: BaseException | None = None
         self._reached_end = False
-        self._first_message_at: float | None = None
         self._sigint_count = 0
         self._start_spec = parse_start(settings.start_from) if settings.start_from else None
         self._bounded = backfill_plan.bounded(settings)
@@ -159,23 +147,39 @@ class Engine:
         self._router: DeadLetterRouter | None = None
         self._stages: Stages | None = None
         self._committer: Committer | None = None
+        self._handler: EventHandler | None = None
+        self._intake: Intake | None = None
+        self._rebalance: Rebalance | None = None
         self._triton: InferenceLike | None = None
         self._milvus: MilvusLike | None = None
         self._closers: list[Callable[[], None]] = []  # the fetcher's, Triton's
 
     # ================================================================================ set-up
     def setup(self) -> None:
-        """Connect, validate the model and the collection, warm the JAX buckets. Main thread."""
+        """Connect, validate the model and the collection, warm the JAX buckets, subscribe.
+        Main thread; the Kafka checks first, so a misconfiguration fails before the slow work."""
         s = self.settings
         edges = self._edges
         admin = edges.admin(s.kafka_common())  # one admin client for the start-up checks
-        preflight.check_kafka(admin, s)  # before the slow start-up work: fail fast
+        preflight.check_kafka(edges.admin, admin, s)
         endpoint = triton_endpoint(s)
         spec = edges.model_spec(endpoint, s, self._stop)
         self._triton = triton = edges.inference(endpoint, spec)
         self._closers.append(triton.close)
+        self._open_collection(spec)
+        if self._runtime is None:
+            self._runtime = Runtime.system(s)
+        runtime = self._runtime
+        configs = preflight.topic_configs(admin, [s.topic or "", s.dead_letter_topic])
+        self._open_workers(spec, triton, configs, runtime)
+        consumer = self._open_consumer(runtime)
+        self._subscribe(consumer, runtime)
+
+    def _open_collection(self, spec: ModelSpec) -> None:
+        """The collection for the model's contract: created, or checked against it."""
+        s = self.settings
         contract_ = collection_contract(spec)
-        self._milvus = edges.milvus(s)
+        self._milvus = self._edges.milvus(s)
         self.collection_name = collection_name(s.collection or "", contract_)
         collection = MilvusCollection(self._milvus, self.collection_name)
         try:
@@ -186,16 +190,18 @@ class Engine:
             "collection ready", collection=self.collection_name, created=created, dim=contract_.dim
         )
         self.metrics.set_build_info(model=spec.name, model_version=spec.version)
-        preprocessor = edges.preprocessor(s)
+
+    def _open_workers(
+        self, spec: ModelSpec, triton: InferenceLike, configs: Any, runtime: Runtime
+    ) -> None:
+        """The writer (started), the dead-letter router and the stages."""
+        s, edges = self.settings, self._edges
+        assert self._milvus is not None
         fetcher = edges.fetcher(
             fetch_policy(s), lambda: self.metrics.record_retry(RetryOperation.FETCH)
         )
         self._closers.insert(0, fetcher.close)
-        if self._runtime is None:
-            self._runtime = Runtime.system(s)
-        runtime = self._runtime
-        configs = preflight.topic_configs(admin, [s.topic or "", s.dead_letter_topic])
-        self._writer = make_writer(
+        self._writer = writer = make_writer(
             self._milvus,
             self.collection_name,
             s,
@@ -206,7 +212,7 @@ class Engine:
             # an old owner's rows (the partition moved on) are dropped, never written late
             is_latest=self._ledger.is_latest,
         )
-        self._writer.start()
+        writer.start()
         producer = edges.dead_letter_producer(
             dead_letter_producer_conf(s, configs, self._on_kafka_error)
         )
@@ -224,10 +230,10 @@ class Engine:
             io=runtime.io_executor,
             infer=runtime.infer_executor,
             fetcher=fetcher,
-            preprocessor=preprocessor,
+            preprocessor=edges.preprocessor(s),
             inference=triton,
             spec=spec,
-            submit=self._writer.submit,
+            submit=writer.submit,
             ledger=self._ledger,
             events=self._events,
             metrics=self.metrics,
@@ -240,7 +246,12 @@ class Engine:
             canvas_px=s.canvas_px,
             max_pixels=s.max_pixels,
         )
-        self._consumer = consumer = edges.kafka_consumer(
+
+    def _open_consumer(self, runtime: Runtime) -> KafkaConsumerLike:
+        """The Kafka consumer, a backfill's plan (made once, resumed), the committer and, for a
+        bounded run, the group's end."""
+        s = self.settings
+        self._consumer = consumer = self._edges.kafka_consumer(
             consumer_conf(
                 s,
                 bounded=self._bounded,
@@ -248,7 +259,7 @@ class Engine:
                 on_stats=self.metrics.update_from_librdkafka_stats,
             )
         )
-        if backfill_plan.applies(self.settings):  # a backfill: made once, resumed
+        if backfill_plan.applies(s):
             self._plan = self._prepare_plan(consumer)
         self._committer = Committer(
             consumer,
@@ -265,12 +276,69 @@ class Engine:
             self._group_end = GroupEnd.resolve(
                 consumer, s.topic or "", runtime.clock, plan=self._plan, until=s.until
             )
+        return consumer
+
+    def _subscribe(self, consumer: KafkaConsumerLike, runtime: Runtime) -> None:
+        """The main thread's owners of intake, outcomes and rebalances; then the subscription."""
+        s = self.settings
+        stages, router, writer, committer = (
+            self._stages,
+            self._router,
+            self._writer,
+            self._committer,
+        )
+        assert stages is not None and router is not None
+        assert writer is not None and committer is not None
+        self._handler = handler = EventHandler(
+            events=self._events,
+            ledger=self._ledger,
+            stages=stages,
+            router=router,
+            summary=self.summary,
+            metrics=self.metrics,
+            clock=runtime.clock,
+            live=self._live,
+            on_retired=self._progress,
+        )
+        self._intake = Intake(
+            consumer=consumer,
+            assignments=self._assignments,
+            ledger=self._ledger,
+            flow=self._flow,
+            stages=stages,
+            submit=writer.submit,
+            dead_letter=handler.dead_letter,
+            auth_watch=self._auth_watch,
+            metrics=self.metrics,
+            clock=runtime.clock,
+            allowed_schemes=s.allowed_schemes,
+        )
+        self._rebalance = rebalance = Rebalance(
+            s,
+            assignments=self._assignments,
+            ledger=self._ledger,
+            flow=self._flow,
+            committer=committer,
+            router=router,
+            metrics=self.metrics,
+            clock=runtime.clock,
+            plan=self._plan,
+            start=self._start_spec,
+            bounded=self._bounded,
+            pump=self._pump,
+            abort=self._abort,
+            on_fatal=self._set_fatal,
+        )
         consumer.subscribe(
             [s.topic or ""],
-            on_assign=self._on_assign,
-            on_revoke=self._on_revoke,
-            on_lost=self._on_lost,
+            on_assign=rebalance.on_assign,
+            on_revoke=rebalance.on_revoke,
+            on_lost=rebalance.on_lost,
         )
+
+    def _set_fatal(self, exc: BaseException) -> None:
+        if self._fatal is None:
+            self._fatal = exc
 
     def _prepare_plan(self, consumer: KafkaConsumerLike) -> Plan:
         plan, made = backfill_plan.prepare(consumer, self.settings)
@@ -297,7 +365,7 @@ class Engine:
         finally:
             self._close()
             ended = self._clock.monotonic()
-            first = self._first_message_at or ended
+            first = (self._intake.first_message_at if self._intake else None) or ended
             self.summary.seconds = round(ended - started, 3)
             self.summary.startup_seconds = round(first - started, 3)
             busy = ended - first
@@ -343,12 +411,13 @@ class Engine:
         messages = consumer.consume(num_messages=min(budget, room), timeout=timeout)
         if (line := self._auth_watch.fatal()) is not None and self._fatal is None:
             self._fatal = EngineFatalError(line)
+        assert self._intake is not None
         if self._fatal is not None:  # e.g. set by a callback inside this very poll
-            self._not_taking(messages)
+            self._intake.not_taken(messages)
             return False
         if messages:
             crash_point("after_poll")
-            self._take_in(messages)
+            self._intake.take_in(messages)
         committer.maybe_commit()
         committer.report_remaining()
         if self._bounded and self._bounded_run_complete():
@@ -377,10 +446,10 @@ class Engine:
 
     def _pump(self) -> None:
         """Everything but polling: dead-letter reports and resends, events, dispatch."""
-        router, stages = self._router, self._stages
-        assert router is not None and stages is not None
+        router, stages, handler = self._router, self._stages, self._handler
+        assert router is not None and stages is not None and handler is not None
         router.poll()
-        self._handle_events()
+        handler.drain()
         stages.dispatch()
         if router.fatal is not None and self._fatal is None:
             self._fatal = router.fatal
@@ -442,152 +511,8 @@ class Engine:
             "events": len(self._events),
         }
 
-    # ======================================================================= message intake
-    def _take_in(self, messages: list[KafkaMessageLike]) -> None:
-        assert self._consumer is not None
-        good = 0
-        for message in messages:
-            key: PartitionKey = (message.topic() or "", message.partition() or 0)
-            offset = message.offset() or 0
-            err = message.error()
-            if err is not None:
-                if err.code() == KafkaError._PARTITION_EOF:
-                    self._assignments.eof(key, offset, self._ledger.tracker.position(key))
-                else:
-                    self._auth_watch.observe(err)
-                    log.warning("kafka consume error", error=str(err))
-                continue
-            if not self._assignments.is_assigned(key):
-                continue
-            if self._assignments.past_end(key, offset):
-                self._consumer.pause([TopicPartition(key[0], key[1])])
-                continue
-            ref = self._ledger.admit(key, offset)
-            if ref is None:
-                log.warning("duplicate delivery ignored", partition=key[1], offset=offset)
-                continue
-            good += 1
-            self._assignments.delivered(key, offset)
-            self._intake(ref, message)
-        if good:
-            if self._first_message_at is None:
-                self._first_message_at = self._clock.monotonic()
-            self._flow.limiter.take(good)
-            self.metrics.observe_batch_size(good)
-
-    def _intake(self, ref: Ref, message: KafkaMessageLike) -> None:
-        assert self._writer is not None and self._stages is not None
-        _, ts = message.timestamp()
-        kafka_ts = int(ts) if ts and ts > 0 else int(self._clock.time() * 1000)
-        headers = message.headers()
-        # a dead-lettered and redriven record carries the version it was first produced at
-        version = version_from_headers(headers) or Version(kafka_ts, ref.partition, ref.offset)
-        raw = RawRecord(message.key(), message.value(), redrive_count(headers), None, version)
-        self._ledger.record(ref, raw)
-        try:
-            msg = decode_message(
-                message.key(), message.value(), allowed_schemes=self.settings.allowed_schemes
-            )
-        except InvalidMessage as exc:
-            self._dead_letter(ref, Stage.PARSE, exc.error_type, str(exc))
-            return
-        self._ledger.register(ref, msg.id)
-        if msg.op == "delete":
-            self._writer.submit([WriteOp(ref, msg.id, version, None)])
-            return
-        self._stages.fetch(ref, msg)
-
-    def _not_taking(self, messages: list[KafkaMessageLike]) -> None:
-        """Messages polled that will not be taken in (a fatal error came with the poll, or the
-        loop is draining): the consumer's position is past them, so the committer must not
-        move an idle partition past them (see ``Committer._skip_invisible``)."""
-        for message in messages:
-            if message.error() is None:
-                key = (message.topic() or "", message.partition() or 0)
-                self._assignments.handed_out_not_taken(key, message.offset() or 0)
-
-    # ============================================================================== events
-    def _handle_events(self) -> None:
-        while (event := self._events.take()) is not None:
-            self.handle(event)
-
-    def handle(self, event: Event) -> None:
-        """One event from a worker thread or a delivery report (main thread)."""
-        stages, router = self._stages, self._router
-        assert stages is not None and router is not None
-        match event:
-            case Fetched():
-                stages.fetch_ended()
-                if self._ledger.is_current(event.ref):
-                    stages.ready(event)
-            case FetchFailed(ref=ref, stage=stage, error_type=error_type, text=text):
-                stages.fetch_ended()
-                self._dead_letter(ref, stage, error_type, text)
-            case FetchCancelled():
-                stages.fetch_ended()
-            case InputRefused(ref=ref, text=text):
-                self._dead_letter(ref, Stage.INFER, ErrorType.MODEL_REJECTED, text)
-            case VectorsBad(ref=ref, text=text):
-                self._dead_letter(ref, Stage.NORMALIZE, ErrorType.INVALID_EMBEDDING, text)
-            case InferenceDone():
-                stages.infer_ended()
-            case WriteAcknowledged(results=results):
-                crash_point("after_upsert")
-                for result in results:
-                    self._finish(result)
-            case DeadLetterDelivered(job=job):
-                if router.delivered(job):
-                    self._dead_lettered(job.ref, job.error_type)
-            case DeadLetterFailed(job=job, error=error, text=text):
-                router.failed(job, error, text)
-            case _:
-                assert_never(event)
-
-    def _finish(self, result: WriteResult) -> None:
-        """One write outcome: the message is durably handled (main thread)."""
-        ref: Ref = result.token
-        if not self._ledger.is_current(ref):
-            return
-        match result.outcome:
-            case Outcome.INGESTED:
-                self.summary.ingested += 1
-            case Outcome.DELETED:
-                self.summary.deleted += 1
-            case Outcome.SKIPPED_STALE:
-                self.summary.skipped_stale += 1
-            case Outcome.SUPERSEDED:
-                self.summary.superseded += 1
-        self.metrics.record_outcome(result.outcome)
-        self._observe_age(ref, EndToEndKind.WRITTEN)
-        self._retire(ref)
-
-    def _dead_letter(self, ref: Ref, stage: Stage, error_type: ErrorType, text: str) -> None:
-        """Send the original record to the dead-letter topic; its offset finishes on delivery
-        (at once if this process delivered it before, under an earlier assignment)."""
-        assert self._router is not None
-        if self._router.route(ref, stage, error_type, text):
-            self._dead_lettered(ref, error_type)
-
-    def _dead_lettered(self, ref: Ref, error_type: ErrorType) -> None:
-        self.summary.dead_lettered += 1
-        key = str(error_type)
-        self.summary.dead_letters_by_type[key] = self.summary.dead_letters_by_type.get(key, 0) + 1
-        self.metrics.record_dead_letter(error_type)
-        self._observe_age(ref, EndToEndKind.DEAD_LETTERED)
-        self._retire(ref)
-
-    def _observe_age(self, ref: Ref, kind: EndToEndKind) -> None:
-        """Freshness: from the record's Kafka timestamp to its acknowledgement (now). A redriven
-        record carries its first timestamp: it is never live."""
-        raw = self._ledger.raw(ref)
-        if raw is None:
-            return
-        live = self._live and raw.redrive_count == 0
-        age = self._clock.time() - raw.version.ts / 1000
-        self.metrics.observe_end_to_end(age, kind=kind, live=live)
-
-    def _retire(self, ref: Ref) -> None:
-        self._ledger.retire(ref)
+    # ============================================================================ progress
+    def _progress(self) -> None:
         if self._on_progress is not None:
             self._on_progress(self.summary.done(), self._assignments.total_count())
 
@@ -598,91 +523,12 @@ class Engine:
         if self._router is not None:
             self._router.committed(committed)
 
-    # ========================================================================== rebalance
-    def _on_assign(self, consumer: KafkaConsumerLike, partitions: list[TopicPartition]) -> None:
-        if self._closing:  # served inside close(): the handle is going away, nothing to start
-            return
-        spec = None if self._plan is not None else self._start_spec  # a plan applied it once
-        try:
-            self._assignments.position(
-                consumer,
-                partitions,
-                spec,
-                group=self.settings.group,
-                reset_offsets=self.settings.reset_offsets,
-            )
-        except Exception as exc:
-            self._fatal = exc
-        for tp in partitions:
-            key = (tp.topic, tp.partition)
-            self._assignments.assign(key, self._ledger.advance(key))
-        consumer.incremental_assign(partitions)
-        if self._bounded:
-            try:
-                self._assignments.compute_ends(
-                    consumer, partitions, self._plan, self.settings.until
-                )
-            except Exception as exc:
-                self._fatal = exc
-        to_pause = [
-            TopicPartition(tp.topic, tp.partition)
-            for tp in partitions
-            if self._flow.paused or self._assignments.is_reached((tp.topic, tp.partition))
-        ]
-        if to_pause:
-            consumer.pause(to_pause)
-            self._flow.report_paused(len(self._assignments.assigned()))
-        self._share_rate()
-        log.info("partitions assigned", partitions=[tp.partition for tp in partitions])
-
-    def _share_rate(self) -> None:
-        """A backfill with a total rate: this worker takes its share for the plan's partitions
-        it holds (kept while it holds none: nothing is read then)."""
-        plan = self._plan
-        if plan is None or plan.max_rate is None:
-            return
-        held = sum(1 for _, p in self._assignments.assigned() if p in plan.ends)
-        if held:
-            self._flow.set_rate(plan.rate_share(held))
-
-    def _on_revoke(self, consumer: KafkaConsumerLike, partitions: list[TopicPartition]) -> None:
-        keys = [(tp.topic, tp.partition) for tp in partitions]
-        if not self._abort.is_set() and self._committer is not None:
-            if not self._closing:  # while closing nothing can finish any more: do not wait
-                self._finish_in_flight(keys)
-            self._committer.commit(keys)
-        self._forget(keys)
-        log.info("partitions revoked", partitions=[k[1] for k in keys])
-
-    def _finish_in_flight(self, keys: list[PartitionKey]) -> None:
-        """Let the work of ``keys`` finish (bounded by the drain timeout) before they go."""
-        deadline = self._clock.monotonic() + self.settings.drain_timeout_s
-        while self._clock.monotonic() < deadline and any(self._ledger.in_flight(k) for k in keys):
-            self._pump()
-            self._clock.sleep(0.005)
-
-    def _on_lost(self, consumer: KafkaConsumerLike, partitions: list[TopicPartition]) -> None:
-        keys = [(tp.topic, tp.partition) for tp in partitions]
-        self._forget(keys)
-        log.warning(
-            "partitions lost; their uncommitted work will be redone by the new owner",
-            partitions=[k[1] for k in keys],
-        )
-
-    def _forget(self, keys: list[PartitionKey]) -> None:
-        self._ledger.forget(keys)
-        for key in keys:
-            self._assignments.forget(key, self._ledger.generations.current(key))
-            self.metrics.forget_partition(key[0], key[1])
-        if self._router is not None:
-            self._router.forget(keys)
-        self._share_rate()
-
     # ============================================================================ shutdown
     def _drain(self) -> None:
         """Stop intake, finish what is in flight (bounded), then commit."""
         consumer, router, committer = self._consumer, self._router, self._committer
-        if consumer is None or router is None or committer is None:
+        intake = self._intake
+        if consumer is None or router is None or committer is None or intake is None:
             return
         assigned = self._assignments.assigned()
         if assigned:
@@ -695,7 +541,7 @@ class Engine:
         ):
             self._pump()
             # the group's callbacks run in consume(); paused, it hands out nothing normally
-            self._not_taking(consumer.consume(num_messages=1, timeout=0.01))
+            intake.not_taken(consumer.consume(num_messages=1, timeout=0.01))
         if self._ledger.in_flight():
             self._halt_inference.set()  # e.g. Triton down: stop retrying, the pool can stop
             self._drain_timed_out = True  # stuck work (a held fetch) must not hold the exit
@@ -706,15 +552,16 @@ class Engine:
         committer.commit(self._assignments.assigned())
 
     def _close(self) -> None:
-        self._closing = True  # consumer.close() revokes: nothing can finish any more
+        if self._rebalance is not None:  # consumer.close() revokes: nothing can finish any more
+            self._rebalance.closing()
         self._halt_inference.set()
         if self._writer is not None:
             if self._abort.is_set():
                 self._writer.abort()
             else:
                 self._writer.close(self.settings.drain_timeout_s)
-                if self._stages is not None and self._router is not None:
-                    self._handle_events()
+                if self._handler is not None:
+                    self._handler.drain()
         if self._consumer is not None:
             if not self._abort.is_set() and self._committer is not None:
                 self._committer.commit(self._assignments.assigned())

@@ -30,7 +30,6 @@ from typing import Any
 
 import numpy as np
 
-from consumer import preflight
 from consumer.engine import loop as engine_loop
 from consumer.engine import stages as engine_stages
 from consumer.engine import wiring as engine_wiring
@@ -226,6 +225,9 @@ class FakeAdmin:
         }
         return SimpleNamespace(topics=topics, brokers={1: None})
 
+    def poll(self, timeout: float = -1) -> int:
+        return 0  # no errors to report: the simulated broker always takes the connection
+
     def describe_topics(self, topics: Any, **_: Any) -> dict[str, Any]:
         ops = [SimpleNamespace(name=n) for n in ("READ", "WRITE", "DESCRIBE")]
         return {
@@ -273,14 +275,13 @@ def _fit(image: np.ndarray, canvas_px: int) -> np.ndarray:
 
 @contextlib.contextmanager
 def patched(crash_point: Callable[[str], None], clock: VirtualClock) -> Iterator[None]:
-    """The crash hook, the decoder, the connection probe of the start-up checks, and the
-    tombstones' clock (the engine builds them without its runtime's clock)."""
+    """The crash hook, the decoder, and the tombstones' clock (the engine builds them without
+    its runtime's clock)."""
     saved = [
         (engine_loop, "crash_point"),
         (engine_stages, "crash_point"),
         (engine_stages, "decode_image"),
         (engine_stages, "fit_to_canvas"),
-        (preflight, "check_connection"),
         (engine_wiring, "Tombstones"),
     ]
     old = [(m, n, getattr(m, n)) for m, n in saved]
@@ -288,7 +289,6 @@ def patched(crash_point: Callable[[str], None], clock: VirtualClock) -> Iterator
     engine_stages.crash_point = crash_point
     engine_stages.decode_image = _decode  # type: ignore[assignment]
     engine_stages.fit_to_canvas = _fit  # type: ignore[assignment]
-    preflight.check_connection = lambda s, timeout_s=0: None  # type: ignore[assignment]
     engine_wiring.Tombstones = functools.partial(Tombstones, clock=clock.time)  # type: ignore[misc]
     try:
         yield

@@ -13,6 +13,8 @@ import pytest
 from confluent_kafka import TopicPartition
 
 from consumer.backoff import Backoff
+from consumer.engine.assignments import Assignments
+from consumer.engine.committer import Committer
 from consumer.engine.deadletters import DeadLetterRouter
 from consumer.engine.events import (
     DeadLetterDelivered,
@@ -20,9 +22,10 @@ from consumer.engine.events import (
     Fetched,
     FetchFailed,
 )
+from consumer.engine.flow import FlowControl
 from consumer.engine.ledger import InFlightLedger, RawRecord
-from consumer.engine.loop import Engine
 from consumer.engine.plan import Plan
+from consumer.engine.rebalance import Rebalance
 from consumer.engine.runtime import SystemClock
 from consumer.engine.stages import Stages
 from consumer.fetch.exceptions import FetchFailed as FetchFailedError
@@ -134,7 +137,7 @@ def test_a_dead_letter_of_a_forgotten_partition_is_dropped_from_the_pending_coun
 
 
 class _AssignConsumer:
-    """What ``Engine._on_assign`` / ``_on_revoke`` call on the consumer."""
+    """What ``Rebalance.on_assign`` / ``on_revoke`` call on the consumer."""
 
     def __init__(self) -> None:
         self.assigned: list[tuple[str, int]] = []
@@ -157,15 +160,58 @@ class _AssignConsumer:
 
 def test_a_backfill_worker_takes_its_share_of_the_plans_rate_after_each_assignment() -> None:
     settings = Settings(topic="t", group="g", collection="c", until_end=True, max_rate=100.0)
-    engine = Engine(settings)
-    engine._plan = Plan("p", ends={0: 10, 1: 10, 2: 10, 3: 10}, starts={}, max_rate=40.0)
+    plan = Plan("p", ends={0: 10, 1: 10, 2: 10, 3: 10}, starts={}, max_rate=40.0)
+    ledger, assignments, metrics, clock = InFlightLedger(), Assignments(), Metrics(), SystemClock()
+    flow = FlowControl(
+        max_rows_in_flight=100,
+        resume_fraction=0.5,
+        rate=100.0,
+        burst=10,
+        clock=clock,
+        metrics=metrics,
+    )
     consumer = _AssignConsumer()
-    engine._on_assign(consumer, [TopicPartition("t", 0), TopicPartition("t", 1)])
-    assert engine._flow.limiter.rate == pytest.approx(20.0)  # 2 of 4 partitions of 40/s
-    engine._on_assign(consumer, [TopicPartition("t", 2)])
-    assert engine._flow.limiter.rate == pytest.approx(30.0)
-    engine._on_lost(consumer, [TopicPartition("t", 0), TopicPartition("t", 2)])
-    assert engine._flow.limiter.rate == pytest.approx(10.0)
+    rebalance = Rebalance(
+        settings,
+        assignments=assignments,
+        ledger=ledger,
+        flow=flow,
+        committer=Committer(
+            consumer,  # type: ignore[arg-type]
+            topic="t",
+            ledger=ledger,
+            assignments=assignments,
+            plan=plan,
+            metrics=metrics,
+            clock=clock,
+            commit_interval_s=1.0,
+            on_committed=lambda committed: None,
+        ),
+        router=DeadLetterRouter(
+            FakeProducer(),
+            topic="dlq",
+            refused_timeout_s=60,
+            ledger=ledger,
+            events=Events(),
+            metrics=metrics,
+            clock=clock,
+            rng=random.Random(0),
+        ),
+        metrics=metrics,
+        clock=clock,
+        plan=plan,
+        start=None,
+        bounded=True,
+        pump=lambda: None,
+        abort=threading.Event(),
+        on_fatal=pytest.fail,
+    )
+    rebalance.on_assign(consumer, [TopicPartition("t", 0), TopicPartition("t", 1)])
+    assert flow.limiter.rate == pytest.approx(20.0)  # 2 of 4 partitions of 40/s
+    rebalance.on_assign(consumer, [TopicPartition("t", 2)])
+    assert flow.limiter.rate == pytest.approx(30.0)
+    rebalance.on_lost(consumer, [TopicPartition("t", 0), TopicPartition("t", 2)])
+    assert flow.limiter.rate == pytest.approx(10.0)
 
 
 def _stages(io: Any, events: Events, ledger: InFlightLedger, fetcher: Any) -> Stages:
