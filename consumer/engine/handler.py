@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import assert_never
 
-from consumer.engine.crash import crash_point
+from consumer.engine import crash
 from consumer.engine.deadletters import DeadLetterRouter
 from consumer.engine.events import (
     DeadLetterDelivered,
@@ -91,7 +91,7 @@ class EventHandler:
             case InferenceDone():
                 stages.infer_ended()
             case WriteAcknowledged(results=results):
-                crash_point("after_upsert")
+                crash.crash_point("after_upsert")
                 for result in results:
                     self._written(result)
             case DeadLetterDelivered(job=job):

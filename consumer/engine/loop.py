@@ -34,16 +34,15 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from consumer import preflight
+from consumer.engine import assembly, crash
 from consumer.engine import plan as backfill_plan
 from consumer.engine.assignments import Assignments
 from consumer.engine.committer import Committer
-from consumer.engine.crash import crash_point
 from consumer.engine.deadletters import DeadLetterRouter
 from consumer.engine.events import (
     Events,
     PartitionKey,
     Ref,
-    WriteAcknowledged,
 )
 from consumer.engine.exceptions import EngineFatalError
 from consumer.engine.flow import FlowControl
@@ -64,23 +63,15 @@ from consumer.engine.runtime import (
 )
 from consumer.engine.stages import Stages
 from consumer.engine.wiring import (
-    collection_contract,
     consumer_conf,
-    dead_letter_producer_conf,
-    fetch_policy,
-    make_writer,
     triton_endpoint,
 )
-from consumer.inference.client import ModelSpec
 from consumer.observability.logging import get_logger
 from consumer.observability.metrics import Metrics, RetryOperation
 from consumer.security import AuthFailureWatch
 from consumer.settings import Settings, parse_start
 from consumer.sink import (
-    CollectionMismatchError,
-    MilvusCollection,
     MilvusWriter,
-    collection_name,
 )
 
 __all__ = ["Engine", "Ref", "RunOutcome", "RunSummary"]
@@ -166,86 +157,28 @@ class Engine:
         spec = edges.model_spec(endpoint, s, self._stop)
         self._triton = triton = edges.inference(endpoint, spec)
         self._closers.append(triton.close)
-        self._open_collection(spec)
+        self._milvus = milvus = edges.milvus(s)
+        self.collection_name = assembly.open_collection(milvus, s, spec, self.metrics)
         if self._runtime is None:
             self._runtime = Runtime.system(s)
         runtime = self._runtime
-        configs = preflight.topic_configs(admin, [s.topic or "", s.dead_letter_topic])
-        self._open_workers(spec, triton, configs, runtime)
+        workers = assembly.open_workers(
+            s,
+            edges,
+            runtime,
+            assembly.Shared(
+                self._ledger, self._events, self.metrics, self._halt_inference, self._on_kafka_error
+            ),
+            milvus=milvus,
+            collection=self.collection_name,
+            spec=spec,
+            triton=triton,
+            topic_configs=preflight.topic_configs(admin, [s.topic or "", s.dead_letter_topic]),
+        )
+        self._closers.insert(0, workers.close_fetcher)
+        self._writer, self._router, self._stages = workers.writer, workers.router, workers.stages
         consumer = self._open_consumer(runtime)
         self._subscribe(consumer, runtime)
-
-    def _open_collection(self, spec: ModelSpec) -> None:
-        """The collection for the model's contract: created, or checked against it."""
-        s = self.settings
-        contract_ = collection_contract(spec)
-        self._milvus = self._edges.milvus(s)
-        self.collection_name = collection_name(s.collection or "", contract_)
-        collection = MilvusCollection(self._milvus, self.collection_name)
-        try:
-            created = collection.ensure(contract_)
-        except CollectionMismatchError as exc:
-            raise EngineFatalError(str(exc)) from exc
-        log.info(
-            "collection ready", collection=self.collection_name, created=created, dim=contract_.dim
-        )
-        self.metrics.set_build_info(model=spec.name, model_version=spec.version)
-
-    def _open_workers(
-        self, spec: ModelSpec, triton: InferenceLike, configs: Any, runtime: Runtime
-    ) -> None:
-        """The writer (started), the dead-letter router and the stages."""
-        s, edges = self.settings, self._edges
-        assert self._milvus is not None
-        fetcher = edges.fetcher(
-            fetch_policy(s), lambda: self.metrics.record_retry(RetryOperation.FETCH)
-        )
-        self._closers.insert(0, fetcher.close)
-        self._writer = writer = make_writer(
-            self._milvus,
-            self.collection_name,
-            s,
-            configs,
-            metrics=self.metrics,
-            runtime=runtime,
-            on_results=lambda results: self._events.put(WriteAcknowledged(tuple(results))),
-            # an old owner's rows (the partition moved on) are dropped, never written late
-            is_latest=self._ledger.is_latest,
-        )
-        writer.start()
-        producer = edges.dead_letter_producer(
-            dead_letter_producer_conf(s, configs, self._on_kafka_error)
-        )
-        self._router = DeadLetterRouter(
-            producer,
-            topic=s.dead_letter_topic,
-            refused_timeout_s=s.dead_letter_refused_timeout_s,
-            ledger=self._ledger,
-            events=self._events,
-            metrics=self.metrics,
-            clock=runtime.clock,
-            rng=runtime.random,
-        )
-        self._stages = Stages(
-            io=runtime.io_executor,
-            infer=runtime.infer_executor,
-            fetcher=fetcher,
-            preprocessor=edges.preprocessor(s),
-            inference=triton,
-            spec=spec,
-            submit=writer.submit,
-            ledger=self._ledger,
-            events=self._events,
-            metrics=self.metrics,
-            clock=runtime.clock,
-            rng=runtime.random,
-            halt=self._halt_inference,
-            batch_size=s.batch_size,
-            infer_batch_size=s.infer_batch_size,
-            infer_threads=s.infer_threads,
-            canvas_px=s.canvas_px,
-            max_pixels=s.max_pixels,
-        )
 
     def _open_consumer(self, runtime: Runtime) -> KafkaConsumerLike:
         """The Kafka consumer, a backfill's plan (made once, resumed), the committer and, for a
@@ -416,7 +349,7 @@ class Engine:
             self._intake.not_taken(messages)
             return False
         if messages:
-            crash_point("after_poll")
+            crash.crash_point("after_poll")
             self._intake.take_in(messages)
         committer.maybe_commit()
         committer.report_remaining()

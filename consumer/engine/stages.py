@@ -20,7 +20,7 @@ from functools import partial
 import numpy as np
 
 from consumer.backoff import Backoff
-from consumer.engine.crash import crash_point
+from consumer.engine import crash
 from consumer.engine.events import (
     Events,
     FetchCancelled,
@@ -203,7 +203,7 @@ class Stages:
         try:
             vectors = self._infer_with_retry(items, arr)
             if vectors is not None:
-                crash_point("after_infer")
+                crash.crash_point("after_infer")
                 self._hand_on(items, vectors)
         except Exception as exc:  # never lose track of a batch: report it as failed input
             log.error("inference task failed", error=repr(exc))

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from consumer.engine import crash as engine_crash
 from consumer.engine import loop as engine_loop
 from consumer.engine import stages as engine_stages
 from consumer.engine import wiring as engine_wiring
@@ -278,15 +279,13 @@ def patched(crash_point: Callable[[str], None], clock: VirtualClock) -> Iterator
     """The crash hook, the decoder, and the tombstones' clock (the engine builds them without
     its runtime's clock)."""
     saved = [
-        (engine_loop, "crash_point"),
-        (engine_stages, "crash_point"),
+        (engine_crash, "crash_point"),
         (engine_stages, "decode_image"),
         (engine_stages, "fit_to_canvas"),
         (engine_wiring, "Tombstones"),
     ]
     old = [(m, n, getattr(m, n)) for m, n in saved]
-    engine_loop.crash_point = crash_point
-    engine_stages.crash_point = crash_point
+    engine_crash.crash_point = crash_point  # every crash point calls it through the module
     engine_stages.decode_image = _decode  # type: ignore[assignment]
     engine_stages.fit_to_canvas = _fit  # type: ignore[assignment]
     engine_wiring.Tombstones = functools.partial(Tombstones, clock=clock.time)  # type: ignore[misc]

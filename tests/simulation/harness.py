@@ -22,7 +22,7 @@ import orjson
 from confluent_kafka import TIMESTAMP_LOG_APPEND_TIME, KafkaError
 
 from consumer.cli import EXIT_ABORTED, EXIT_FATAL, EXIT_STOPPED_EARLY
-from consumer.engine.loop import RunOutcome
+from consumer.engine.outcome import RunOutcome
 from consumer.settings import Settings
 from schemas import ErrorType, Version, format_version, version_from_headers
 from schemas.version import HEADER_VERSION

@@ -10,7 +10,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from consumer.engine.loop import triton_endpoint
+from consumer.engine.wiring import triton_endpoint
 from consumer.inference.client import _ssl_context_factory
 from consumer.settings import Settings
 

@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from consumer.cli import app
-from consumer.engine.loop import fetch_policy
+from consumer.engine.wiring import fetch_policy
 from consumer.settings import Settings
 
 
