@@ -34,7 +34,9 @@ class Endpoints:
 
 
 class ImageHttpServer(ServerProcess):
-    """``python -m http.server`` on loopback serving the data set folder."""
+    """``python -m http.server`` on loopback serving the data set folder, over HTTP/1.1 with
+    keep-alive as image servers, CDNs and object stores speak it (its default, HTTP/1.0, closes
+    the connection after every response: each image would pay a new TCP connection)."""
 
     name = "images-http"
     start_timeout_s = 30.0
@@ -57,6 +59,8 @@ class ImageHttpServer(ServerProcess):
             sys.executable,
             "-m",
             "http.server",
+            "--protocol",
+            "HTTP/1.1",
             "--bind",
             "127.0.0.1",
             "--directory",
