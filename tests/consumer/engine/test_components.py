@@ -10,7 +10,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-from confluent_kafka import TopicPartition
+import structlog.testing
+from confluent_kafka import KafkaError, TopicPartition
 
 from consumer.backoff import Backoff
 from consumer.engine.assignments import Assignments
@@ -23,6 +24,7 @@ from consumer.engine.events import (
     FetchFailed,
 )
 from consumer.engine.flow import FlowControl
+from consumer.engine.intake import Intake
 from consumer.engine.ledger import InFlightLedger, RawRecord
 from consumer.engine.plan import Plan
 from consumer.engine.rebalance import Rebalance
@@ -31,6 +33,7 @@ from consumer.engine.stages import Stages
 from consumer.fetch.exceptions import FetchFailed as FetchFailedError
 from consumer.inference import ModelSpec
 from consumer.observability.metrics import Metrics
+from consumer.security import AuthFailureWatch
 from consumer.settings import Settings
 from schemas import ErrorType, ImageMessage, Stage, Version
 from tests.support.clock import ManualClock
@@ -354,3 +357,48 @@ def test_a_backfills_remaining_messages_are_reported_every_15_s_of_the_runtime_c
     committer.report_remaining()
     assert gauge() == 8
     assert REMAINING_INTERVAL_S == 15.0
+
+
+class _ErrorMessage:
+    """A poll's error event, as ``consume()`` hands it out."""
+
+    def __init__(self, err: KafkaError) -> None:
+        self._err = err
+
+    def error(self) -> KafkaError:
+        return self._err
+
+    def topic(self) -> str:
+        return "t"
+
+    def partition(self) -> int:
+        return 0
+
+    def offset(self) -> int:
+        return -1001
+
+
+def test_an_auth_failure_seen_in_a_poll_is_reported_once_by_the_watch() -> None:
+    """The watch logs its own line for an authentication failure (with the retry metric); the
+    generic "kafka consume error" line is for every other error only."""
+    auth = KafkaError(-169, "sasl_ssl://b:9094/bootstrap: SASL authentication error: failed")
+    down = KafkaError(-195, "127.0.0.1:9092/1: Connect to ipv4#127.0.0.1:9092 failed: refused")
+    causes: list[str] = []
+    intake = Intake(
+        consumer=None,  # type: ignore[arg-type]  # errors never reach the consumer
+        assignments=Assignments(),
+        ledger=InFlightLedger(),
+        flow=None,  # type: ignore[arg-type]  # nothing is taken in
+        stages=None,  # type: ignore[arg-type]
+        submit=lambda ops: pytest.fail("nothing to write"),
+        dead_letter=lambda *args: pytest.fail("nothing to dead-letter"),
+        auth_watch=AuthFailureWatch(30, lambda: 0.0, on_retry=lambda c, _line: causes.append(c)),
+        metrics=Metrics(),
+        clock=SystemClock(),
+        allowed_schemes=("http",),
+    )
+    with structlog.testing.capture_logs() as logs:
+        intake.take_in([_ErrorMessage(auth), _ErrorMessage(down)])  # type: ignore[list-item]
+    generic = [e["error"] for e in logs if e["event"] == "kafka consume error"]
+    assert generic == [str(down)]
+    assert causes == ["authentication"]
