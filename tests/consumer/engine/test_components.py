@@ -161,6 +161,27 @@ class _AssignConsumer:
         pass
 
 
+def _committer(
+    consumer: Any,
+    ledger: InFlightLedger,
+    assignments: Assignments,
+    plan: Plan | None,
+    metrics: Metrics,
+    clock: Any,
+) -> Committer:
+    return Committer(
+        consumer,
+        topic="t",
+        ledger=ledger,
+        assignments=assignments,
+        plan=plan,
+        metrics=metrics,
+        clock=clock,
+        commit_interval_s=1.0,
+        on_committed=lambda committed: None,
+    )
+
+
 def test_a_backfill_worker_takes_its_share_of_the_plans_rate_after_each_assignment() -> None:
     settings = Settings(topic="t", group="g", collection="c", until_end=True, max_rate=100.0)
     plan = Plan("p", ends={0: 10, 1: 10, 2: 10, 3: 10}, starts={}, max_rate=40.0)
@@ -179,17 +200,7 @@ def test_a_backfill_worker_takes_its_share_of_the_plans_rate_after_each_assignme
         assignments=assignments,
         ledger=ledger,
         flow=flow,
-        committer=Committer(
-            consumer,  # type: ignore[arg-type]
-            topic="t",
-            ledger=ledger,
-            assignments=assignments,
-            plan=plan,
-            metrics=metrics,
-            clock=clock,
-            commit_interval_s=1.0,
-            on_committed=lambda committed: None,
-        ),
+        committer=_committer(consumer, ledger, assignments, plan, metrics, clock),
         router=DeadLetterRouter(
             FakeProducer(),
             topic="dlq",
@@ -324,24 +335,13 @@ class _CommitsConsumer:
 def test_a_backfills_remaining_messages_are_reported_every_15_s_of_the_runtime_clock() -> None:
     """From the commits of *all* the plan's partitions (other workers' too), not only the
     assigned ones; at most every 15 s of the runtime clock."""
-    from consumer.engine.assignments import Assignments
-    from consumer.engine.committer import REMAINING_INTERVAL_S, Committer
+    from consumer.engine.committer import REMAINING_INTERVAL_S
 
     plan = Plan("p", ends={0: 10, 1: 20, 2: 30}, starts={0: 0, 1: 5, 2: 10})
     consumer, clock, metrics = _CommitsConsumer(plan), ManualClock(), Metrics()
     assignments = Assignments()
     assignments.assign(("t", 0), 1)  # this worker holds one partition of three
-    committer = Committer(
-        consumer,  # type: ignore[arg-type]
-        topic="t",
-        ledger=InFlightLedger(),
-        assignments=assignments,
-        plan=plan,
-        metrics=metrics,
-        clock=clock,
-        commit_interval_s=1.0,
-        on_committed=lambda committed: None,
-    )
+    committer = _committer(consumer, InFlightLedger(), assignments, plan, metrics, clock)
 
     def gauge() -> float | None:
         return metrics.registry.get_sample_value("image_embedder_backfill_remaining_messages")
