@@ -208,7 +208,11 @@ def broker_outage_scenario(
         more_ids, more = _records("k2-", 8, photos)
         sampler.add(dict(zip(more_ids, publish(bootstrap, topic, more), strict=True)))
         ids += more_ids
-        wait_until(lambda: count_rows(milvus_uri, topic) == len(ids), "all rows", alive=[proc])
+        try:
+            wait_until(lambda: count_rows(milvus_uri, topic) == len(ids), "all rows", alive=[proc])
+        except AssertionError:
+            sampler.check_violations()  # rows lost for good after a commit ahead: say that first
+            raise
         ends = end_offsets(bootstrap, topic)
         wait_until(
             lambda: committed_offsets(bootstrap, topic, topic) == ends,
