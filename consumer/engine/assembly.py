@@ -17,17 +17,16 @@ from consumer.engine.deadletters import DeadLetterRouter
 from consumer.engine.events import Events, WriteAcknowledged
 from consumer.engine.exceptions import EngineFatalError
 from consumer.engine.ledger import InFlightLedger
-from consumer.engine.runtime import Edges, InferenceLike, MilvusLike, Runtime
+from consumer.engine.runtime import Edges, FetcherLike, InferenceLike, MilvusLike, Runtime
 from consumer.engine.stages import Stages
 from consumer.engine.wiring import (
     collection_contract,
     dead_letter_producer_conf,
-    fetch_policy,
     make_writer,
 )
 from consumer.inference.client import ModelSpec
 from consumer.observability.logging import get_logger
-from consumer.observability.metrics import Metrics, RetryOperation
+from consumer.observability.metrics import Metrics
 from consumer.settings import Settings
 from consumer.sink import (
     CollectionMismatchError,
@@ -59,7 +58,6 @@ class Workers:
     writer: MilvusWriter
     router: DeadLetterRouter
     stages: Stages
-    close_fetcher: Callable[[], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,12 +81,12 @@ def open_workers(
     collection: str,
     spec: ModelSpec,
     triton: InferenceLike,
+    fetcher: FetcherLike,
     topic_configs: Any,
 ) -> Workers:
     """The writer (started: it reports through the events), the dead-letter router and the
     stages, on the runtime's executors, clock and random source."""
     metrics, ledger, events = shared.metrics, shared.ledger, shared.events
-    fetcher = edges.fetcher(fetch_policy(s), lambda: metrics.record_retry(RetryOperation.FETCH))
     writer = make_writer(
         milvus,
         collection,
@@ -134,4 +132,4 @@ def open_workers(
         canvas_px=s.canvas_px,
         max_pixels=s.max_pixels,
     )
-    return Workers(writer, router, stages, fetcher.close)
+    return Workers(writer, router, stages)

@@ -64,6 +64,7 @@ from consumer.engine.runtime import (
 from consumer.engine.stages import Stages
 from consumer.engine.wiring import (
     consumer_conf,
+    fetch_policy,
     triton_endpoint,
 )
 from consumer.observability.logging import get_logger
@@ -162,6 +163,10 @@ class Engine:
         if self._runtime is None:
             self._runtime = Runtime.system(s)
         runtime = self._runtime
+        fetcher = edges.fetcher(
+            fetch_policy(s), lambda: self.metrics.record_retry(RetryOperation.FETCH)
+        )
+        self._closers.insert(0, fetcher.close)  # closed even if the rest of set-up fails
         workers = assembly.open_workers(
             s,
             edges,
@@ -173,9 +178,9 @@ class Engine:
             collection=self.collection_name,
             spec=spec,
             triton=triton,
+            fetcher=fetcher,
             topic_configs=preflight.topic_configs(admin, [s.topic or "", s.dead_letter_topic]),
         )
-        self._closers.insert(0, workers.close_fetcher)
         self._writer, self._router, self._stages = workers.writer, workers.router, workers.stages
         consumer = self._open_consumer(runtime)
         self._subscribe(consumer, runtime)
