@@ -16,6 +16,7 @@ from consumer.fetch.files import FileReader
 from consumer.fetch.http import HttpDownloader
 from consumer.fetch.policy import KNOWN_SCHEMES, FetchPolicy
 from consumer.fetch.s3 import S3Downloader
+from consumer.fetch.watchdog import Watchdog
 from schemas.redaction import redact_uri
 
 
@@ -37,10 +38,15 @@ class Fetcher:
     ) -> None:
         self.policy = policy
         self._files = FileReader(policy)
+        self._watchdog = Watchdog()
         self._http = HttpDownloader(
-            policy, AddressGuard(policy, resolver), sleep=sleep, on_retry=on_retry
+            policy,
+            AddressGuard(policy, resolver),
+            watchdog=self._watchdog,
+            sleep=sleep,
+            on_retry=on_retry,
         )
-        self._s3 = S3Downloader(policy, sleep=sleep, on_retry=on_retry)
+        self._s3 = S3Downloader(policy, watchdog=self._watchdog, sleep=sleep, on_retry=on_retry)
 
     def fetch(self, uri: str) -> bytes:
         """The bytes ``uri`` names. Raises a :class:`~consumer.fetch.exceptions.FetchError`."""
@@ -62,6 +68,7 @@ class Fetcher:
         """Release pooled connections. The fetcher must not be used afterwards."""
         self._http.close()
         self._s3.close()
+        self._watchdog.close()
 
     def __enter__(self) -> Fetcher:
         return self

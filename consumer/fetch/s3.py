@@ -17,13 +17,13 @@ permanent. botocore's per-bucket region redirect stays on: a bucket in another r
 extra request the first time it is seen, then its region is cached.
 
 Keys are flat strings: ``a//b``, ``./x`` and ``a/../b`` are three objects, and botocore sends
-them as they are (no dot-segment removal; tested). The body is read with ``read1`` so a slow
-body is seen between reads and the total deadline holds while bytes trickle in.
+them as they are (no dot-segment removal; tested). The body is read in one ``read(n)`` of its
+declared length (:mod:`consumer.fetch.body`); the watchdog cuts it at the total deadline, so a
+slow body cannot hold an I/O thread past it.
 """
 
 from __future__ import annotations
 
-import math
 import re
 import threading
 import time
@@ -32,10 +32,9 @@ from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import unquote
 
-from consumer.backoff import Backoff
+from consumer.fetch.body import Attempts, BodyReader, Transient
 from consumer.fetch.exceptions import (
     AccessDenied,
-    FetchError,
     FetchFailed,
     FetchTimeout,
     ForbiddenBucket,
@@ -44,9 +43,9 @@ from consumer.fetch.exceptions import (
     TooLarge,
 )
 from consumer.fetch.policy import FetchPolicy
+from consumer.fetch.watchdog import Watchdog
 from schemas.redaction import redact_uri
 
-_READ_BYTES: Final = 256 * 1024
 _NOT_FOUND_CODES: Final = frozenset({"NoSuchKey", "NoSuchVersion", "NoSuchBucket", "NotFound"})
 _DENIED_CODES: Final = frozenset(
     {
@@ -126,31 +125,24 @@ def _decode(text: str, what: str, shown: str) -> str:
         raise FetchFailed(f"s3 {what} is not UTF-8 once percent-decoded: {shown}") from None
 
 
-class _Transient(Exception):
-    """A failure worth another attempt; ``error`` is what to raise once attempts run out."""
-
-    def __init__(self, error: FetchError) -> None:
-        super().__init__(error.message)
-        self.error = error
-
-
 class S3Downloader:
     """Downloads s3 URIs under a :class:`FetchPolicy`. Thread-safe.
 
     ``on_retry()`` is called before each retry; ``sleep`` replaces :func:`time.sleep` between
-    retries.
+    retries; ``watchdog`` cuts bodies still downloading at their total deadline.
     """
 
     def __init__(
         self,
         policy: FetchPolicy,
         *,
+        watchdog: Watchdog,
         sleep: Callable[[float], None] = time.sleep,
         on_retry: Callable[[], None] | None = None,
     ) -> None:
         self._policy = policy
-        self._sleep = sleep
-        self._on_retry = on_retry
+        self._attempts = Attempts(policy, sleep=sleep, on_retry=on_retry)
+        self._bodies = BodyReader(policy, watchdog, what="s3 ")
         self._allowed = frozenset(policy.allowed_buckets)
         self._client: Any = None
         self._lock = threading.Lock()
@@ -175,26 +167,11 @@ class S3Downloader:
     # -- fetching --------------------------------------------------------------------------------
     def fetch(self, uri: str) -> bytes:
         """The bytes of the object ``uri`` names; raises a :class:`FetchError`."""
-        policy = self._policy
         shown = redact_uri(uri)
         obj = parse_s3_uri(uri)
         if self._allowed and obj.bucket not in self._allowed:
             raise ForbiddenBucket(f"bucket {obj.bucket!r} is not in the allowed buckets: {shown}")
-        deadline = time.monotonic() + policy.total_timeout_s
-        attempt = 0
-        while True:
-            try:
-                return self._fetch_once(obj, deadline, shown)
-            except _Transient as transient:
-                attempt += 1
-                error = transient.error
-                delay = Backoff(initial=policy.backoff_s, cap=math.inf).jittered(attempt)
-                if attempt > policy.retries or time.monotonic() + delay >= deadline:
-                    tries = "1 attempt" if attempt == 1 else f"{attempt} attempts"
-                    raise type(error)(f"{error.message} (after {tries})") from None
-                if self._on_retry is not None:
-                    self._on_retry()
-                self._sleep(delay)
+        return self._attempts.run(lambda deadline: self._fetch_once(obj, deadline, shown))
 
     def _fetch_once(self, obj: S3Object, deadline: float, shown: str) -> bytes:
         from botocore.exceptions import (
@@ -226,56 +203,31 @@ class S3Downloader:
                 "web identity or instance role)"
             ) from None
         except (ConnectTimeoutError, ReadTimeoutError):
-            raise _Transient(FetchTimeout(f"s3 timeout for {shown}")) from None
+            raise Transient(FetchTimeout(f"s3 timeout for {shown}")) from None
         except SSLError:
             raise FetchFailed(f"s3 TLS error (certificate or handshake) for {shown}") from None
         except (ConnectionError, HTTPClientError, ResponseStreamingError) as exc:
-            raise _Transient(FetchFailed(f"s3 {_describe(exc)} for {shown}")) from None
+            raise Transient(FetchFailed(f"s3 {_describe(exc)} for {shown}")) from None
         except BotoCoreError as exc:
             raise FetchFailed(f"s3 client error {type(exc).__name__} for {shown}") from None
         return self._read_body(response, deadline, shown)
 
     def _read_body(self, response: dict[str, Any], deadline: float, shown: str) -> bytes:
-        import urllib3.exceptions
-
         limit = self._policy.max_bytes
         body = response["Body"]
         try:
             declared = response.get("ContentLength")
             if isinstance(declared, int) and declared > limit:
                 raise TooLarge(f"{shown} has {declared} bytes, more than the {limit} allowed")
-            # read1 returns what has arrived; StreamingBody.read(n) waits for n bytes, which a
-            # slow body would stretch far past the deadline between two checks.
-            raw = getattr(body, "_raw_stream", None)
-            read = getattr(raw, "read1", None) or body.read
-            # chunks joined once at the end: one copy of the body, not a growing buffer and a copy
-            chunks: list[bytes] = []
-            size = 0
-            while True:
-                if time.monotonic() > deadline:
-                    raise FetchTimeout(
-                        f"total timeout of {self._policy.total_timeout_s:g} s passed while "
-                        f"downloading {shown}"
-                    )
-                try:
-                    chunk = read(min(_READ_BYTES, limit + 1 - size))
-                except urllib3.exceptions.ReadTimeoutError:
-                    raise _Transient(FetchTimeout(f"s3 read timeout for {shown}")) from None
-                except (urllib3.exceptions.HTTPError, OSError) as exc:
-                    raise _Transient(
-                        FetchFailed(f"s3 read error ({type(exc).__name__}) for {shown}")
-                    ) from None
-                if not chunk:
-                    break
-                chunks.append(bytes(chunk))
-                size += len(chunk)
-                if size > limit:
-                    raise TooLarge(f"{shown} is larger than the {limit} bytes allowed")
-            if isinstance(declared, int) and size != declared:
-                raise _Transient(
-                    FetchFailed(f"s3 body of {shown} ended after {size} of {declared} bytes")
-                )
-            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            # botocore's StreamingBody wraps the urllib3 response; read that one directly, which
+            # can be cut at the deadline (``shutdown``) and reads the declared length in one call
+            raw = getattr(body, "_raw_stream", body)
+            return self._bodies.read(
+                raw,
+                declared=declared if isinstance(declared, int) else None,
+                deadline=deadline,
+                shown=shown,
+            )
         finally:
             body.close()
 
@@ -285,18 +237,26 @@ def make_client(policy: FetchPolicy) -> Any:
 
     ``AWS_ENDPOINT_URL`` / ``AWS_ENDPOINT_URL_S3`` apply when no endpoint is configured (botocore
     reads them); the credential chain is botocore's default one.
+
+    Two per-request costs of botocore are cut, as its own settings allow: the User-Agent is the
+    policy's (botocore otherwise rebuilds and sanitises its composite one for every request), and
+    timestamps in responses stay text (``LastModified`` went through dateutil for each object,
+    and nothing here reads it).
     """
     import botocore.session
     from botocore.config import Config
 
     session = botocore.session.get_session()
+    session.get_component("response_parser_factory").set_parser_defaults(
+        timestamp_parser=_timestamp_as_text
+    )
     config = Config(
         connect_timeout=policy.connect_timeout_s,
         read_timeout=policy.read_timeout_s,
         retries={"mode": "standard", "total_max_attempts": 1},
         max_pool_connections=policy.s3_max_pool_connections,
         s3={"addressing_style": "path" if policy.s3_path_style else "auto"},
-        user_agent_extra=policy.user_agent.replace("/", "#", 1).replace(" ", "_"),
+        user_agent=policy.user_agent,
         tcp_keepalive=True,
         request_checksum_calculation="when_required",
         response_checksum_validation="when_required",
@@ -307,6 +267,10 @@ def make_client(policy: FetchPolicy) -> Any:
         endpoint_url=policy.s3_endpoint_url or None,
         config=config,
     )
+
+
+def _timestamp_as_text(value: str) -> str:
+    return value
 
 
 def _classify(exc: Any, shown: str) -> Exception:
@@ -328,7 +292,7 @@ def _classify(exc: Any, shown: str) -> Exception:
     if code in _NOT_FOUND_CODES or status in (404, 410):
         return NotFound(what)
     if code in _TRANSIENT_CODES or status in _TRANSIENT_STATUSES:
-        return _Transient(ServerError(what))
+        return Transient(ServerError(what))
     if code in _DENIED_CODES or status in (401, 403):
         return AccessDenied(
             f"{what}: the consumer's credentials may not read it (without s3:ListBucket on the "

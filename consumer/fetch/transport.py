@@ -1,154 +1,147 @@
-"""An httpx transport that dials only addresses the SSRF guard has checked.
+"""urllib3 connection pools that dial only addresses the SSRF guard has checked.
 
-httpx resolves and connects inside its network backend. This module swaps that backend for one
-that asks :class:`~consumer.fetch.addresses.AddressGuard` for the host's allowed addresses (one
-resolution) and connects to one of exactly those IPs. The HTTP ``Host`` header, TLS SNI and
-certificate verification still use the host name from the URL, because httpcore takes them from
-the request's origin, not from the socket.
+urllib3 resolves and connects in its connection's ``_new_conn``. The connections here override
+it: they ask :class:`~consumer.fetch.addresses.AddressGuard` for the host's allowed addresses
+(one resolution per connection) and connect to one of exactly those IPs. The HTTP ``Host``
+header, TLS SNI and certificate verification still use the host name from the URL, because
+urllib3 takes them from the connection's host, not from the socket. There are no proxies (none
+configured, the environment is not read) and no Unix sockets.
 """
 
 from __future__ import annotations
 
-import contextlib
+import socket
 import ssl
+import threading
 import time
-from collections.abc import Iterable, Iterator
-from typing import Final
+from collections import OrderedDict
+from typing import Any, Final
 
-import httpcore
-import httpx
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 
 from consumer.fetch.addresses import AddressGuard, ResolveError
 
-_SocketOption = (
-    tuple[int, int, int] | tuple[int, int, bytes | bytearray] | tuple[int, int, None, int]
-)
+#: Hosts whose pools are kept; the least recently used one is closed beyond this.
+MAX_POOLS: Final = 64
 
-#: httpcore exceptions and the httpx exceptions callers of an httpx client expect instead.
-_EXCEPTIONS: Final[tuple[tuple[type[Exception], type[httpx.HTTPError]], ...]] = (
-    (httpcore.ConnectTimeout, httpx.ConnectTimeout),
-    (httpcore.ReadTimeout, httpx.ReadTimeout),
-    (httpcore.WriteTimeout, httpx.WriteTimeout),
-    (httpcore.PoolTimeout, httpx.PoolTimeout),
-    (httpcore.TimeoutException, httpx.TimeoutException),
-    (httpcore.ConnectError, httpx.ConnectError),
-    (httpcore.ReadError, httpx.ReadError),
-    (httpcore.WriteError, httpx.WriteError),
-    (httpcore.NetworkError, httpx.NetworkError),
-    (httpcore.RemoteProtocolError, httpx.RemoteProtocolError),
-    (httpcore.LocalProtocolError, httpx.LocalProtocolError),
-    (httpcore.ProtocolError, httpx.ProtocolError),
-    (httpcore.UnsupportedProtocol, httpx.UnsupportedProtocol),
-    (httpcore.ProxyError, httpx.ProxyError),
-)
+#: Idle connections kept per host (more may be open at once; the extra ones are not kept).
+CONNECTIONS_PER_HOST: Final = 16
 
 
-@contextlib.contextmanager
-def _httpx_exceptions() -> Iterator[None]:
+def dial(
+    guard: AddressGuard,
+    host: str,
+    port: int,
+    timeout: float | None,
+    connection: HTTPConnection,
+) -> socket.socket:
+    """A socket to the first reachable guard-approved address of ``host``.
+
+    ``timeout`` covers all the addresses tried together. Raises the guard's
+    :class:`~consumer.fetch.exceptions.FetchError` for a refused or unknown host, and urllib3's
+    connection errors (which its pool turns into a failed request) otherwise.
+    """
     try:
-        yield
-    except Exception as exc:
-        for source, target in _EXCEPTIONS:
-            if isinstance(exc, source):
-                raise target(str(exc)) from exc
-        raise
-
-
-class GuardedBackend(httpcore.SyncBackend):
-    """A network backend whose TCP connections go only to guard-approved addresses."""
-
-    def __init__(self, guard: AddressGuard) -> None:
-        self._guard = guard
-
-    def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,
-        local_address: str | None = None,
-        socket_options: Iterable[_SocketOption] | None = None,
-    ) -> httpcore.NetworkStream:
-        """Resolve ``host`` once, then connect to its first reachable allowed address.
-
-        The connect timeout covers all the addresses tried together.
-        """
+        addresses = guard.addresses_for(host, port)
+    except ResolveError as exc:
+        raise NewConnectionError(connection, str(exc)) from None
+    deadline = None if timeout is None else time.monotonic() + timeout
+    failure: Exception | None = None
+    for address in addresses:
+        remaining = None if deadline is None else deadline - time.monotonic()
+        if remaining is not None and remaining <= 0:
+            break
         try:
-            addresses = self._guard.addresses_for(host, port)
-        except ResolveError as exc:
-            raise httpcore.ConnectError(str(exc)) from None
-        deadline = None if timeout is None else time.monotonic() + timeout
-        failure: Exception | None = None
-        for address in addresses:
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                break
-            try:
-                return super().connect_tcp(address, port, remaining, local_address, socket_options)
-            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
-                failure = exc
-        if failure is None:
-            raise httpcore.ConnectTimeout(f"timed out connecting to {host!r}")
-        raise failure
+            sock = socket.create_connection((address, port), remaining)
+        except TimeoutError:
+            failure = ConnectTimeoutError(connection, f"timed out connecting to {host!r}")
+        except OSError as exc:
+            failure = NewConnectionError(connection, str(exc.strerror or exc))
+        else:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            return sock
+    raise failure or ConnectTimeoutError(connection, f"timed out connecting to {host!r}")
 
 
-class _ResponseStream(httpx.SyncByteStream):
-    def __init__(self, stream: Iterable[bytes]) -> None:
-        self._stream = stream
-
-    def __iter__(self) -> Iterator[bytes]:
-        with _httpx_exceptions():
-            yield from self._stream
-
-    def close(self) -> None:
-        close = getattr(self._stream, "close", None)
-        if close is not None:
-            with _httpx_exceptions():
-                close()
+def _timeout_s(value: object) -> float | None:
+    """The connect timeout urllib3 set on a connection (a number, or its "default" marker)."""
+    return float(value) if isinstance(value, int | float) else None
 
 
-class GuardedTransport(httpx.BaseTransport):
-    """HTTP/1.1 connection pool over :class:`GuardedBackend`; no proxies, no Unix sockets.
+class GuardedHTTPConnection(HTTPConnection):
+    """An HTTP connection that dials through :func:`dial`."""
 
-    Thread-safe: httpcore's pool serialises its own state, and each connection is dialed and
-    checked on its own.
+    def __init__(self, *args: Any, guard: AddressGuard, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.guard = guard
+
+    def _new_conn(self) -> socket.socket:
+        return dial(self.guard, self.host, self.port or 80, _timeout_s(self.timeout), self)
+
+
+class GuardedHTTPSConnection(HTTPSConnection):
+    """An HTTPS connection that dials through :func:`dial`; TLS is verified for the host name."""
+
+    def __init__(self, *args: Any, guard: AddressGuard, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.guard = guard
+
+    def _new_conn(self) -> socket.socket:
+        return dial(self.guard, self.host, self.port or 443, _timeout_s(self.timeout), self)
+
+
+class _GuardedHTTPPool(HTTPConnectionPool):
+    ConnectionCls = GuardedHTTPConnection
+
+
+class _GuardedHTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = GuardedHTTPSConnection
+
+
+class GuardedPools:
+    """One keep-alive pool per (scheme, host, port), for the :data:`MAX_POOLS` hosts used last.
+
+    Thread-safe: the table is locked, and urllib3's pools are thread-safe themselves.
     """
 
-    def __init__(
-        self, guard: AddressGuard, *, ssl_context: ssl.SSLContext, limits: httpx.Limits
-    ) -> None:
-        self._pool = httpcore.ConnectionPool(
-            ssl_context=ssl_context,
-            max_connections=limits.max_connections,
-            max_keepalive_connections=limits.max_keepalive_connections,
-            keepalive_expiry=limits.keepalive_expiry,
-            http1=True,
-            http2=False,
-            network_backend=GuardedBackend(guard),
-        )
+    def __init__(self, guard: AddressGuard, *, ssl_context: ssl.SSLContext) -> None:
+        self._guard = guard
+        self._ssl_context = ssl_context
+        self._pools: OrderedDict[tuple[str, str, int], HTTPConnectionPool] = OrderedDict()
+        self._lock = threading.Lock()
 
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
-        assert isinstance(request.stream, httpx.SyncByteStream)
-        core_request = httpcore.Request(
-            method=request.method,
-            url=httpcore.URL(
-                scheme=request.url.raw_scheme,
-                host=request.url.raw_host,
-                port=request.url.port,
-                target=request.url.raw_path,
-            ),
-            headers=request.headers.raw,
-            content=request.stream,
-            extensions=request.extensions,
-        )
-        with _httpx_exceptions():
-            response = self._pool.handle_request(core_request)
-        assert isinstance(response.stream, Iterable)
-        return httpx.Response(
-            status_code=response.status,
-            headers=response.headers,
-            stream=_ResponseStream(response.stream),
-            extensions=response.extensions,
-        )
+    def pool(self, scheme: str, host: str, port: int) -> HTTPConnectionPool:
+        """The pool for an ``http``/``https`` origin (``host`` as the URL spells it)."""
+        key = (scheme, host, port)
+        with self._lock:
+            pool = self._pools.get(key)
+            if pool is not None:
+                self._pools.move_to_end(key)
+                return pool
+            pool = self._new_pool(scheme, host, port)
+            self._pools[key] = pool
+            evicted = self._pools.popitem(last=False)[1] if len(self._pools) > MAX_POOLS else None
+        if evicted is not None:
+            evicted.close()
+        return pool
+
+    def _new_pool(self, scheme: str, host: str, port: int) -> HTTPConnectionPool:
+        common: dict[str, Any] = {
+            "maxsize": CONNECTIONS_PER_HOST,
+            "block": False,
+            "retries": False,
+            "guard": self._guard,
+        }
+        if scheme == "https":
+            return _GuardedHTTPSPool(host, port, ssl_context=self._ssl_context, **common)
+        return _GuardedHTTPPool(host, port, **common)
 
     def close(self) -> None:
-        self._pool.close()
+        """Close every pooled connection."""
+        with self._lock:
+            pools = list(self._pools.values())
+            self._pools.clear()
+        for pool in pools:
+            pool.close()

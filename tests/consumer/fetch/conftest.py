@@ -56,7 +56,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     ``/img/<name>`` an image; ``/status/<code>``; ``/flaky/<key>`` 503 twice, then an image;
     ``/throttled/<key>?after=S`` 429 with ``Retry-After: S`` once, then an image;
-    ``/hang/<key>`` never answers; ``/drip/<key>`` one byte every 50 ms; ``/huge/<key>`` and
+    ``/hang/<key>`` never answers; ``/drip/<key>`` one byte every 50 ms; ``/short/<key>`` half
+    of the 1 000 bytes it declares, then a closed connection; ``/huge/<key>`` and
     ``/huge-unsized/<key>`` 200 MB of zeros with and without Content-Length;
     ``/gzip-bomb/<key>`` a small gzip body that inflates to 50 MB; ``/gzip-img/<name>`` an image
     sent gzip-encoded; ``/redirect?to=URL&code=N``; ``/chain/<n>`` n redirects, then an image;
@@ -109,6 +110,12 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
         elif route == "drip":
             self._drip(path)
+        elif route == "short":
+            self.send_response(200)
+            self.send_header("Content-Length", "1000")
+            self.end_headers()
+            self.wfile.write(b"x" * 500)
+            self.close_connection = True
         elif route in ("huge", "huge-unsized"):
             self._stream_zeros(path, sized=route == "huge")
         elif route == "gzip-bomb":

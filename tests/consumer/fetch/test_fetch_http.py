@@ -153,6 +153,7 @@ def test_server_that_never_answers_is_a_timeout(
     assert image_server.state.hits[path] == 2
 
 
+@pytest.mark.timeout(60)  # without the cut the drip lasts 5 000 s
 def test_slow_drip_is_cut_by_the_total_timeout(
     image_server, make_fetcher: MakeFetcher, policy_for: PolicyFor
 ) -> None:
@@ -163,6 +164,39 @@ def test_slow_drip_is_cut_by_the_total_timeout(
     assert caught.value.error_type is ErrorType.FETCH_TIMEOUT
     assert "total timeout" in caught.value.message
     assert image_server.state.hits[path] == 1
+
+
+def test_a_connection_cut_at_the_deadline_is_not_reused(
+    image_server, make_fetcher: MakeFetcher, policy_for: PolicyFor, dialed: list[tuple[str, int]]
+) -> None:
+    fetcher = make_fetcher(policy_for(read_timeout_s=5.0, total_timeout_s=0.5, retries=0))
+    with pytest.raises(FetchError):
+        fetcher.fetch(image_server.url(f"/drip/{key()}"))
+    assert (
+        fetcher.fetch(image_server.url("/img/chelsea.jpg"))
+        == image_server.state.images["chelsea.jpg"]
+    )
+    assert len(dialed) == 2  # a new connection after the cut one
+
+
+def test_connections_are_kept_alive_between_fetches(
+    image_server, make_fetcher: MakeFetcher, dialed: list[tuple[str, int]]
+) -> None:
+    fetcher = make_fetcher()
+    for name in ("chelsea.jpg", "coffee.jpg", "chelsea.jpg", "astronaut.png"):
+        assert fetcher.fetch(image_server.url(f"/img/{name}")) == image_server.state.images[name]
+    assert len(dialed) == 1
+
+
+def test_a_body_shorter_than_declared_is_retried_then_fetch_failed(
+    image_server, make_fetcher: MakeFetcher, policy_for: PolicyFor
+) -> None:
+    path = f"/short/{key()}"
+    with pytest.raises(FetchError) as caught:
+        make_fetcher(policy_for(retries=1)).fetch(image_server.url(path))
+    assert caught.value.error_type is ErrorType.FETCH_FAILED
+    assert "after 2 attempts" in caught.value.message
+    assert image_server.state.hits[path] == 2
 
 
 def test_refused_connection_is_retried_then_fetch_failed(
