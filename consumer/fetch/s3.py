@@ -238,10 +238,11 @@ def make_client(policy: FetchPolicy) -> Any:
     ``AWS_ENDPOINT_URL`` / ``AWS_ENDPOINT_URL_S3`` apply when no endpoint is configured (botocore
     reads them); the credential chain is botocore's default one.
 
-    Two per-request costs of botocore are cut, as its own settings allow: the User-Agent is the
-    policy's (botocore otherwise rebuilds and sanitises its composite one for every request), and
+    Three per-request costs of botocore are cut, as its own settings allow: the User-Agent is the
+    policy's (botocore otherwise rebuilds and sanitises its composite one for every request),
     timestamps in responses stay text (``LastModified`` went through dateutil for each object,
-    and nothing here reads it).
+    and nothing here reads it), and parameters are not validated against the API model again
+    (:func:`parse_s3_uri` has checked the bucket and the key).
     """
     import botocore.session
     from botocore.config import Config
@@ -257,6 +258,7 @@ def make_client(policy: FetchPolicy) -> Any:
         max_pool_connections=policy.s3_max_pool_connections,
         s3={"addressing_style": "path" if policy.s3_path_style else "auto"},
         user_agent=policy.user_agent,
+        parameter_validation=False,
         tcp_keepalive=True,
         request_checksum_calculation="when_required",
         response_checksum_validation="when_required",
