@@ -8,10 +8,13 @@ contextvars (:func:`message_context`) and appear on every event logged inside.
 
 from __future__ import annotations
 
+import importlib.abc
+import importlib.machinery
 import logging
 import re
 import sys
-from collections.abc import Iterator, Mapping
+import types
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from enum import StrEnum
 from typing import Any, Final, TextIO
@@ -218,19 +221,75 @@ def configure_logging(
 #: Libraries that install handlers of their own at import (and stop propagation), which would
 #: bypass the JSON rendering and the secret redaction.
 _SELF_CONFIGURED_LOGGERS = ("pymilvus", "pymilvus.milvus_client", "pymilvus.bulk_writer")
+#: The pymilvus module whose import configures those loggers (``logging.config.dictConfig``).
+_PYMILVUS_LOGGING_MODULE: Final = "pymilvus.settings"
 
 
 def _adopt_library_loggers() -> None:
-    """Send pymilvus's records through the root handler (rendered and redacted like ours)."""
-    try:
-        import pymilvus.settings  # noqa: F401 - its import configures the loggers we undo here
-    except ImportError:  # pragma: no cover - pymilvus is a dependency of the service
-        return
+    """Send pymilvus's records through the root handler (rendered and redacted like ours): now
+    when pymilvus is imported, else right after its import configures its loggers. Importing it
+    here would cost over a second of CPU to every command, on the thread that configures logging
+    (``search`` imports it on a second thread while the main thread starts JAX)."""
+    if _PYMILVUS_LOGGING_MODULE in sys.modules:
+        _undo_library_handlers({})
+    elif not any(isinstance(finder, _AdoptOnImport) for finder in sys.meta_path):
+        sys.meta_path.insert(0, _AdoptOnImport())
+
+
+def _undo_library_handlers(levels: Mapping[str, int]) -> None:
+    """Remove pymilvus's own handlers and let its records propagate; the ``levels`` set on its
+    loggers before its import configured them are put back (a level set by the command wins
+    over pymilvus's defaults, whichever was first)."""
     for name in _SELF_CONFIGURED_LOGGERS:
         lib = logging.getLogger(name)
         for old in list(lib.handlers):
             lib.removeHandler(old)
         lib.propagate = True
+        if levels.get(name, logging.NOTSET) != logging.NOTSET:
+            lib.setLevel(levels[name])
+
+
+class _AdoptOnImport(importlib.abc.MetaPathFinder):
+    """Finds no module itself: gives ``pymilvus.settings`` a loader that adopts pymilvus's
+    loggers once the module has run (see :func:`_adopt_library_loggers`)."""
+
+    def find_spec(
+        self,
+        fullname: str,
+        path: Sequence[str] | None,
+        target: types.ModuleType | None = None,
+    ) -> importlib.machinery.ModuleSpec | None:
+        if fullname != _PYMILVUS_LOGGING_MODULE:
+            return None
+        for finder in sys.meta_path:
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+            spec: importlib.machinery.ModuleSpec | None = finder.find_spec(fullname, path, target)
+            if spec is not None:
+                if spec.loader is not None:
+                    spec.loader = _ThenAdopt(spec.loader)
+                return spec
+        return None
+
+
+class _ThenAdopt(importlib.abc.Loader):
+    """A module's own loader, then :func:`_undo_library_handlers` once the module ran."""
+
+    def __init__(self, loader: importlib.abc.Loader) -> None:
+        self.loader = loader
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> types.ModuleType | None:
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module: types.ModuleType) -> None:
+        levels = {name: logging.getLogger(name).level for name in _SELF_CONFIGURED_LOGGERS}
+        self.loader.exec_module(module)
+        _undo_library_handlers(levels)
+
+    def __getattr__(self, name: str) -> Any:  # get_source, get_filename, ... of the real one
+        if name == "loader":  # not set yet (a copy): never look it up through itself
+            raise AttributeError(name)
+        return getattr(self.loader, name)
 
 
 def get_logger(name: str | None = None) -> structlog.stdlib.BoundLogger:

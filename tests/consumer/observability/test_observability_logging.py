@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import logging
+import subprocess
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -98,6 +100,45 @@ def test_standard_library_records_are_rendered_and_redacted() -> None:
     assert line["logger"] == "pymilvus" and line["level"] == "warning"
     assert "hunter2" not in line["event"] and "abc" not in line["event"]
     assert line["event"].startswith("retrying https://")
+
+
+_ADOPTED_AFTER_IMPORT = """
+import io, logging, sys
+from consumer.observability.logging import configure_logging
+out = io.StringIO()
+configure_logging("info", "json", out)
+assert "pymilvus" not in sys.modules, "configure_logging imported pymilvus"
+logging.getLogger("pymilvus").setLevel(logging.ERROR)  # as a command sets it before the import
+import pymilvus
+lib = logging.getLogger("pymilvus")
+assert lib.handlers == [] and lib.propagate, (lib.handlers, lib.propagate)
+assert lib.level == logging.ERROR, lib.level
+lib.warning("below the level")
+lib.error("refused https://user:hunter2@milvus.example/")
+logging.getLogger("pymilvus.milvus_client").info("through the root handler")
+sys.stdout.write(out.getvalue())
+"""
+
+
+def test_pymilvus_loggers_are_adopted_when_it_is_imported_later() -> None:
+    """configure_logging leaves pymilvus unimported (over a second of CPU; a search imports it
+    on its second thread), and its import, whenever it comes, still ends with its records
+    rendered and redacted by ours and the levels set before it kept."""
+    proc = subprocess.run(
+        [sys.executable, "-c", _ADOPTED_AFTER_IMPORT],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [orjson.loads(line) for line in proc.stdout.splitlines()]
+    assert [(line["logger"], line["level"]) for line in lines] == [
+        ("pymilvus", "error"),
+        ("pymilvus.milvus_client", "info"),
+    ]
+    assert "hunter2" not in lines[0]["event"]
+    assert proc.stderr == ""  # pymilvus's own handler wrote nothing
 
 
 def _log_library_failure(out: io.StringIO, level: str, logger: str) -> dict[str, Any]:
