@@ -27,13 +27,13 @@ $(UV):
 
 $(VENV)/.complete: requirements.lock pyproject.toml | $(UV)
 	$(UV) venv --quiet --allow-existing --python $(PYTHON) $(VENV)
-	$(UV) pip sync --quiet --python $(PY) requirements.lock
+	$(UV) pip sync --quiet --compile-bytecode --python $(PY) requirements.lock
 	$(UV) pip install --quiet --python $(PY) --no-deps -e .
 	@touch $@
 
 $(SERVING_VENV)/.complete: serving/requirements.lock | $(UV)
 	$(UV) venv --quiet --allow-existing --python $(PYTHON) $(SERVING_VENV)
-	$(UV) pip sync --quiet --python $(SERVING_VENV)/bin/python serving/requirements.lock
+	$(UV) pip sync --quiet --compile-bytecode --python $(SERVING_VENV)/bin/python serving/requirements.lock
 	@touch $@
 
 # The Quix Streams peer of the benchmark (bench/quix_peer.py) in its own environment: quixstreams
@@ -41,7 +41,7 @@ $(SERVING_VENV)/.complete: serving/requirements.lock | $(UV)
 QUIX_VENV := .venv-quix
 $(QUIX_VENV)/.complete: bench/quix-requirements.lock | $(UV)
 	$(UV) venv --quiet --allow-existing --python $(PYTHON) $(QUIX_VENV)
-	$(UV) pip sync --quiet --python $(QUIX_VENV)/bin/python bench/quix-requirements.lock
+	$(UV) pip sync --quiet --compile-bytecode --python $(QUIX_VENV)/bin/python bench/quix-requirements.lock
 	@touch $@
 
 .PHONY: quix-venv
