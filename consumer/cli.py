@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import re
 import sys
 import time
@@ -24,6 +26,8 @@ EXIT_CONFIG = 2
 EXIT_ABORTED = 130
 #: A bounded run (--until-end / --until) stopped before its end: EX_TEMPFAIL, "try again".
 EXIT_STOPPED_EARLY = 75
+#: Set by a command whose process may end without the interpreter's teardown (see :func:`main`).
+_end_at_once = False
 
 # --- shared options ---------------------------------------------------------------------------
 Config = Annotated[Path | None, typer.Option("--config", help="TOML/JSON/YAML settings file.")]
@@ -376,6 +380,8 @@ def search(
 ) -> None:
     """Embed each IMAGE through the same preprocessing and model; print its nearest rows as
     JSON lines ({"query", "rank", "id", "score", fields...}), and draw them with --contact-sheet."""
+    global _end_at_once
+    _end_at_once = True  # nothing is left to clean up once it returns or exits
     s = _settings(
         config_file=config,
         collection=collection,
@@ -672,4 +678,23 @@ def backfill_status(
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    except SystemExit as exc:
+        if _end_at_once and (exc.code is None or isinstance(exc.code, int)):
+            _exit_now(exc.code or 0)
+        raise
+
+
+def _exit_now(code: int) -> None:
+    """End the process now, once its output is flushed, without the interpreter's teardown:
+    finalizing the modules a search loads (JAX, pymilvus, gRPC, pandas) takes about half a
+    second, as long as a search's own work. Returns when a stream cannot be flushed (a closed
+    pipe): the interpreter's own exit then reports it, as it would have."""
+    logging.shutdown()
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        return
+    os._exit(code)

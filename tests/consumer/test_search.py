@@ -74,6 +74,39 @@ def test_contact_sheet_has_one_row_per_query_and_placeholders() -> None:
     assert (cell == contactsheet.PLACEHOLDER).all(axis=-1).mean() > 0.5
 
 
+_MARKED_EXIT = """
+import atexit, sys
+atexit.register(lambda: sys.stderr.write("teardown ran\\n"))
+from consumer.cli import main
+sys.argv = ["consumer", *sys.argv[1:]]
+main()
+"""
+
+
+def test_a_search_ends_without_the_interpreters_teardown(tmp_path: Path) -> None:
+    """Finalizing JAX, pymilvus and gRPC at exit costs about half a second: a search ends
+    once its output is flushed, with its exit status; other commands exit as usual."""
+    missing = str(tmp_path / "none.jpg")
+    proc = subprocess.run(
+        [sys.executable, "-c", _MARKED_EXIT, "search", "--collection", "c", missing],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.splitlines() == [f"error: cannot read {missing}: No such file or directory"]
+    usage = subprocess.run(
+        [sys.executable, "-c", _MARKED_EXIT, "search", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert usage.returncode == 0 and "--contact-sheet" in usage.stdout
+    assert usage.stderr == "teardown ran\n"
+
+
 # --- against the servers ----------------------------------------------------------------------
 
 
