@@ -415,14 +415,15 @@ def search(
         raise typer.Exit(EXIT_FATAL)
     searcher = q.Searcher(s)
     try:
-        # the servers and their checks on a thread while JAX compiles here (one start-up)
+        # the servers and their checks on a thread while JAX compiles here (one start-up);
+        # each batch goes to Triton as soon as it is preprocessed and the model is known
         searcher.start(fields, filter_expr or "")
         try:
-            prepared = searcher.preprocess(queries)
+            searcher.preprocess_and_infer(queries)
         finally:
             shown = searcher.wait()  # the servers' errors first: they say what to fix
         wanted = shown if contact_sheet is None or "uri" in shown else [*shown, "uri"]
-        searcher.infer(prepared)
+        searcher.wait_inference()
         searcher.search(
             queries, top_k, filter_expr or "", wanted, collapse_duplicates=collapse_duplicates
         )

@@ -5,8 +5,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import queue
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,6 +18,7 @@ from consumer.settings import Settings
 
 if TYPE_CHECKING:  # imported lazily at run time: a search starts faster
     from consumer.fetch import Fetcher
+    from consumer.inference import TritonInference
 
 
 #: Queries to infer and their model input, in order (``None``: nothing to infer).
@@ -176,6 +178,10 @@ class Searcher:
         self._opening: threading.Thread | None = None
         self._opened: list[str] = []
         self._open_error: BaseException | None = None
+        #: Set once :meth:`start`'s thread has read the model (or failed before it could).
+        self._model_read = threading.Event()
+        self._inferring: threading.Thread | None = None
+        self._infer_error: BaseException | None = None
 
     # --- start-up in two halves: the servers on a thread, JAX on the main thread -----------
     def start(self, output_fields: Sequence[str], expr: str = "") -> None:
@@ -191,6 +197,8 @@ class Searcher:
                     self.check_filter(expr)
             except BaseException as exc:  # handed to the main thread by wait()
                 self._open_error = exc
+            finally:
+                self._model_read.set()
 
         self._opening = threading.Thread(target=run, name="search-open", daemon=True)
         self._opening.start()
@@ -224,6 +232,7 @@ class Searcher:
         s = self.s
         try:
             self.spec = read_model_spec(triton_endpoint(s), s.model, s.model_version, s.output)
+            self._model_read.set()  # inference may start while Milvus is opened
         except InferenceTLSError as exc:
             raise QueryError(f"Triton at {s.triton_url}: {exc}") from exc
         except InferenceUnavailableError as exc:
@@ -307,56 +316,131 @@ class Searcher:
 
     def preprocess(self, queries: Sequence[Query]) -> Prepared:
         """The model input of every readable query (main thread: JAX). Needs no server."""
-        from consumer.preprocess import fit_to_canvas
-        from consumer.preprocess.jaxprep import Preprocessor
-
         todo = [q for q in queries if q.pixels is not None]
         if not todo:
             return [], None
+        return todo, np.concatenate(list(self._preprocessed(todo)))
+
+    def _preprocessed(self, todo: Sequence[Query]) -> Iterator[np.ndarray]:
+        """The model input of ``todo``, one compiled batch shape at a time (main thread)."""
+        from consumer.preprocess import fit_to_canvas
+        from consumer.preprocess.jaxprep import Preprocessor
+
         s = self.s
         bucket = _bucket_for(len(todo), s.preprocess_buckets)
         pre = Preprocessor(
             canvas_px=s.canvas_px, buckets=(bucket,), cache_dir=s.compilation_cache_dir
         )
-        tensors = [
-            pre([fit_to_canvas(_pixels(q), s.canvas_px) for q in todo[start : start + bucket]])
-            for start in range(0, len(todo), bucket)
-        ]
-        return todo, np.concatenate(tensors)
+        for start in range(0, len(todo), bucket):
+            yield pre(
+                [fit_to_canvas(_pixels(q), s.canvas_px) for q in todo[start : start + bucket]]
+            )
 
     def infer(self, prepared: Prepared) -> None:
         """Infer the preprocessed queries in requests of ``infer_batch_size`` images (after
         :meth:`open`: the model's spec is Triton's)."""
-        from consumer.engine.wiring import triton_endpoint
-        from consumer.inference import (
-            InferenceRejectedError,
-            InferenceUnavailableError,
-            TritonInference,
-            l2_normalize,
-        )
-
         todo, tensor = prepared
         if tensor is None:
             return
+        step = self._request_size()
+        triton = self._triton()
+        try:
+            for start in range(0, len(todo), step):
+                self._infer_request(
+                    triton, todo[start : start + step], tensor[start : start + step]
+                )
+        finally:
+            triton.close()
+
+    def preprocess_and_infer(self, queries: Sequence[Query]) -> None:
+        """:meth:`preprocess` here (main thread: JAX) and :meth:`infer` on a thread, each request
+        of ``infer_batch_size`` images sent as soon as it is preprocessed and :meth:`start`'s
+        thread has read the model: Triton works while later queries are preprocessed. The same
+        requests as :meth:`infer`. Then :meth:`wait`, then :meth:`wait_inference`, which raises
+        the inference's errors (the servers' errors come first)."""
+        todo = [q for q in queries if q.pixels is not None]
+        if not todo:
+            return
+        feed: queue.SimpleQueue[np.ndarray | None] = queue.SimpleQueue()
+        self._inferring = threading.Thread(
+            target=self._infer_fed, args=(todo, feed), name="search-infer", daemon=True
+        )
+        self._inferring.start()
+        try:
+            for tensor in self._preprocessed(todo):
+                feed.put(tensor)
+        finally:
+            feed.put(None)  # the end (also when preprocessing failed)
+
+    def wait_inference(self) -> None:
+        """Wait for :meth:`preprocess_and_infer`'s thread; raises what it raised."""
+        if self._inferring is not None:
+            self._inferring.join()
+            self._inferring = None
+        if self._infer_error is not None:
+            raise self._infer_error
+
+    def _infer_fed(self, todo: Sequence[Query], feed: queue.SimpleQueue[np.ndarray | None]) -> None:
+        """Infer ``todo`` from the tensors ``feed`` brings, in order (``None``: the end)."""
+        try:
+            if self.spec is None:
+                self._model_read.wait()
+            if self.spec is None:  # the model could not be read: wait() says why
+                return
+            step = self._request_size()
+            triton = self._triton()
+            try:
+                done, have, ended = 0, 0, False
+                pending: list[np.ndarray] = []
+                while not ended:
+                    tensor = feed.get()
+                    ended = tensor is None
+                    if tensor is not None:
+                        pending.append(tensor)
+                        have += len(tensor)
+                    while have >= step or (ended and have):
+                        batch = pending[0] if len(pending) == 1 else np.concatenate(pending)
+                        count = min(step, have)
+                        self._infer_request(triton, todo[done : done + count], batch[:count])
+                        done, have = done + count, have - count
+                        pending = [batch[count:]] if have else []
+            finally:
+                triton.close()
+        except BaseException as exc:  # handed to the main thread by wait_inference()
+            self._infer_error = exc
+
+    def _request_size(self) -> int:
         step = self.s.infer_batch_size
         if self.spec.max_batch_size:
             step = min(step, self.spec.max_batch_size)
-        triton = TritonInference(triton_endpoint(self.s), self.spec)
+        return int(step)
+
+    def _triton(self) -> TritonInference:
+        from consumer.engine.wiring import triton_endpoint
+        from consumer.inference import TritonInference
+
+        return TritonInference(triton_endpoint(self.s), self.spec)
+
+    def _infer_request(
+        self, triton: TritonInference, chunk: Sequence[Query], tensor: np.ndarray
+    ) -> None:
+        """One request to Triton: the unit vectors of ``chunk``'s queries."""
+        from consumer.inference import (
+            InferenceRejectedError,
+            InferenceUnavailableError,
+            l2_normalize,
+        )
+
         try:
-            for start in range(0, len(todo), step):
-                chunk = todo[start : start + step]
-                try:
-                    vectors = triton.infer(tensor[start : start + step])
-                except (InferenceUnavailableError, InferenceRejectedError) as exc:
-                    raise QueryError(f"inference failed: {one_line(exc)}") from exc
-                unit, valid = l2_normalize(vectors)
-                for i, query in enumerate(chunk):
-                    if valid[i]:
-                        query.vector = unit[i]
-                    else:
-                        query.error = f"{query.image}: the model returned a degenerate vector"
-        finally:
-            triton.close()
+            vectors = triton.infer(tensor)
+        except (InferenceUnavailableError, InferenceRejectedError) as exc:
+            raise QueryError(f"inference failed: {one_line(exc)}") from exc
+        unit, valid = l2_normalize(vectors)
+        for i, query in enumerate(chunk):
+            if valid[i]:
+                query.vector = unit[i]
+            else:
+                query.error = f"{query.image}: the model returned a degenerate vector"
 
     # --- search --------------------------------------------------------------------------
     def search(

@@ -12,6 +12,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import orjson
@@ -19,7 +20,17 @@ import pytest
 from PIL import Image
 
 from consumer import contactsheet
-from consumer.query import _bucket_for, clip_score, default_cache_dir, one_line, with_stable_cache
+from consumer.inference import InferenceUnavailableError
+from consumer.query import (
+    Query,
+    QueryError,
+    Searcher,
+    _bucket_for,
+    clip_score,
+    default_cache_dir,
+    one_line,
+    with_stable_cache,
+)
 from consumer.settings import Settings
 from tests.consumer.conftest import photo_messages
 from tests.support.kafka import create_topic, produce_json
@@ -72,6 +83,74 @@ def test_contact_sheet_has_one_row_per_query_and_placeholders() -> None:
     assert sheet.size == contactsheet.sheet_size(2, 3)
     cell = _cell(np.asarray(sheet), 1, 1)
     assert (cell == contactsheet.PLACEHOLDER).all(axis=-1).mean() > 0.5
+
+
+class _FakeTriton:
+    """Records each request; the vector of an image is its first pixel, then ones."""
+
+    def __init__(self, fail_at: int | None = None) -> None:
+        self.requests: list[list[float]] = []
+        self.fail_at = fail_at
+        self.closed = False
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        if len(self.requests) == self.fail_at:
+            raise InferenceUnavailableError("model went away")
+        self.requests.append([float(x) for x in batch[:, 0, 0, 0]])
+        return np.concatenate([batch[:, 0, 0, :1], np.ones((len(batch), 3), np.float32)], axis=1)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def _streamed(
+    monkeypatch: pytest.MonkeyPatch, count: int, chunk: int, *, fail_at: int | None = None
+) -> tuple[Searcher, list[Query], _FakeTriton]:
+    """A searcher fed ``count`` queries preprocessed ``chunk`` at a time, requests of 3."""
+    searcher = Searcher(Settings(infer_batch_size=3))
+    queries = [Query(f"q{i}", pixels=np.zeros((1, 1, 3), np.uint8)) for i in range(count)]
+    triton = _FakeTriton(fail_at)
+
+    def preprocessed(todo: list[Query]) -> Iterator[np.ndarray]:
+        for start in range(0, len(todo), chunk):
+            n = len(todo[start : start + chunk])
+            yield np.arange(start + 1, start + n + 1, dtype=np.float32)[:, None, None, None] * (
+                np.ones((n, 2, 2, 3), np.float32)
+            )
+
+    monkeypatch.setattr(searcher, "_preprocessed", preprocessed)
+    monkeypatch.setattr(searcher, "_triton", lambda: triton)
+    return searcher, queries, triton
+
+
+def test_streamed_inference_sends_the_requests_infer_would(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    searcher, queries, triton = _streamed(monkeypatch, 7, 2)
+    searcher.spec = SimpleNamespace(max_batch_size=0)  # the model is known: no wait
+    searcher.preprocess_and_infer(queries)
+    searcher.wait_inference()
+    assert triton.requests == [[1, 2, 3], [4, 5, 6], [7]] and triton.closed
+    for i, query in enumerate(queries, start=1):
+        assert query.vector is not None and query.vector[0] == pytest.approx(i / (i * i + 3) ** 0.5)
+
+
+def test_streamed_inference_waits_for_the_model_and_reports_its_errors(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    searcher, queries, triton = _streamed(monkeypatch, 5, 4, fail_at=1)
+    searcher.preprocess_and_infer(queries)  # all preprocessed before the model is read
+    assert triton.requests == []
+    searcher.spec = SimpleNamespace(max_batch_size=2)  # min(infer_batch_size, the model's)
+    searcher._model_read.set()
+    with pytest.raises(QueryError, match="inference failed: model went away"):
+        searcher.wait_inference()
+    assert triton.requests == [[1, 2]] and triton.closed
+    unread, queries, idle = _streamed(monkeypatch, 2, 1)
+    unread._model_read.set()  # the model could not be read: the thread ends, wait() says why
+    unread.preprocess_and_infer(queries)
+    unread.wait_inference()
+    assert idle.requests == [] and all(q.vector is None for q in queries)
 
 
 _MARKED_EXIT = """
