@@ -78,18 +78,12 @@ class GuardedHTTPConnection(HTTPConnection):
         self.guard = guard
 
     def _new_conn(self) -> socket.socket:
-        return dial(self.guard, self.host, self.port or 80, _timeout_s(self.timeout), self)
+        port = self.port or self.default_port
+        return dial(self.guard, self.host, port, _timeout_s(self.timeout), self)
 
 
-class GuardedHTTPSConnection(HTTPSConnection):
+class GuardedHTTPSConnection(GuardedHTTPConnection, HTTPSConnection):
     """An HTTPS connection that dials through :func:`dial`; TLS is verified for the host name."""
-
-    def __init__(self, *args: Any, guard: AddressGuard, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.guard = guard
-
-    def _new_conn(self) -> socket.socket:
-        return dial(self.guard, self.host, self.port or 443, _timeout_s(self.timeout), self)
 
 
 class _GuardedHTTPPool(HTTPConnectionPool):
