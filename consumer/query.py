@@ -21,10 +21,6 @@ if TYPE_CHECKING:  # imported lazily at run time: a search starts faster
     from consumer.inference import TritonInference
 
 
-#: Queries to infer and their model input, in order (``None``: nothing to infer).
-Prepared = tuple[list["Query"], "np.ndarray | None"]
-
-
 class QueryError(RuntimeError):
     """The query cannot be answered; the message says why (and what to do)."""
 
@@ -311,15 +307,9 @@ class Searcher:
 
     # --- embedding -----------------------------------------------------------------------
     def embed(self, queries: Sequence[Query]) -> None:
-        """Preprocess (one compiled shape) and infer every readable query."""
-        self.infer(self.preprocess(queries))
-
-    def preprocess(self, queries: Sequence[Query]) -> Prepared:
-        """The model input of every readable query (main thread: JAX). Needs no server."""
-        todo = [q for q in queries if q.pixels is not None]
-        if not todo:
-            return [], None
-        return todo, np.concatenate(list(self._preprocessed(todo)))
+        """Preprocess (one compiled shape) and infer every readable query (after :meth:`open`)."""
+        self.preprocess_and_infer(queries)
+        self.wait_inference()
 
     def _preprocessed(self, todo: Sequence[Query]) -> Iterator[np.ndarray]:
         """The model input of ``todo``, one compiled batch shape at a time (main thread)."""
@@ -336,28 +326,13 @@ class Searcher:
                 [fit_to_canvas(_pixels(q), s.canvas_px) for q in todo[start : start + bucket]]
             )
 
-    def infer(self, prepared: Prepared) -> None:
-        """Infer the preprocessed queries in requests of ``infer_batch_size`` images (after
-        :meth:`open`: the model's spec is Triton's)."""
-        todo, tensor = prepared
-        if tensor is None:
-            return
-        step = self._request_size()
-        triton = self._triton()
-        try:
-            for start in range(0, len(todo), step):
-                self._infer_request(
-                    triton, todo[start : start + step], tensor[start : start + step]
-                )
-        finally:
-            triton.close()
-
     def preprocess_and_infer(self, queries: Sequence[Query]) -> None:
-        """:meth:`preprocess` here (main thread: JAX) and :meth:`infer` on a thread, each request
-        of ``infer_batch_size`` images sent as soon as it is preprocessed and :meth:`start`'s
-        thread has read the model: Triton works while later queries are preprocessed. The same
-        requests as :meth:`infer`. Then :meth:`wait`, then :meth:`wait_inference`, which raises
-        the inference's errors (the servers' errors come first)."""
+        """Preprocess here (main thread: JAX) and infer on a thread, in requests of
+        ``infer_batch_size`` images (at most the model's batch size), each sent as soon as its
+        images are preprocessed and the model has been read (by :meth:`start`'s thread, or
+        :meth:`open`): Triton works while later queries are preprocessed. Then :meth:`wait`,
+        then :meth:`wait_inference`, which raises the inference's errors (the servers' errors
+        come first)."""
         todo = [q for q in queries if q.pixels is not None]
         if not todo:
             return

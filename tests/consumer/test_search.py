@@ -123,7 +123,7 @@ def _streamed(
     return searcher, queries, triton
 
 
-def test_streamed_inference_sends_the_requests_infer_would(
+def test_streamed_inference_sends_requests_of_the_batch_size_in_order(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     searcher, queries, triton = _streamed(monkeypatch, 7, 2)
