@@ -156,12 +156,13 @@ class BodyReader:
             raise TooLarge(f"{shown} declares {declared} bytes, more than the {limit} allowed")
         if time.monotonic() >= deadline:
             raise self._timeout(shown)
+        whole = declared if inflater is None else None  # the length of a one-call read
         alarm = self._watchdog.arm(deadline, body.shutdown)
         cut = False
         try:
             try:
-                if declared is not None and inflater is None:
-                    data = body.read(declared)
+                if whole is not None:
+                    data = body.read(whole)
                 else:
                     data = self._read_chunks(body, shown, inflater)
             finally:
@@ -176,11 +177,9 @@ class BodyReader:
             ) from None
         if cut:
             raise self._timeout(shown)
-        if declared is not None and inflater is None and len(data) != declared:
+        if whole is not None and len(data) != whole:
             raise Transient(
-                FetchFailed(
-                    f"{self._what}body of {shown} ended after {len(data)} of {declared} bytes"
-                )
+                FetchFailed(f"{self._what}body of {shown} ended after {len(data)} of {whole} bytes")
             )
         return data
 
