@@ -11,7 +11,8 @@ Measured, in one run and on the same core:
 - the decode floor (``bench.floor``): decoding the same files alone at the consumer's reduced
   size, one thread, just before and just after the consumer runs (the mean is the floor);
 - per source (``file://``, ``http://`` from a loopback HTTP server, ``s3://`` from a loopback
-  MinIO): the consumer's images/s on its core, its CPU ms per image in total and per thread group
+  MinIO), each in two halves of its backlog run in mirrored order (:func:`run_order`): the
+  consumer's images/s on its core, its CPU ms per image in total and per thread group
   (main thread vs the pools), the time its stages took per image, peak memory, the ratio to the
   floor, and the ratios of ``http://`` and ``s3://`` to ``file://``.
 """
@@ -22,7 +23,7 @@ import contextlib
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -35,6 +36,8 @@ from bench.exceptions import BenchFatalError
 from bench.layout import CpuLayout, cpu_list, parse_cpu_list
 
 SOURCES = ("file", "http", "s3")
+#: Each source's backlog runs in this many parts, in mirrored order (see :func:`run_order`).
+HALVES = 2
 BUCKET = "bench-photos"
 #: The harness's thread group names of the consumer's threads (see ``bench.e2e.thread_groups``).
 MAIN_THREAD = "main thread"
@@ -226,6 +229,97 @@ def start_model(work: Path, cpus: str | None) -> Any:
     return server
 
 
+# ---------------------------------------------------------------------------- run order
+def run_order(sources: tuple[str, ...]) -> list[tuple[str, int]]:
+    """(source, half) in the order they run: forwards, then backwards (file, http, s3, s3,
+    http, file).
+
+    The machine drifts over a section: between the floor's two measurements of one run its CPU
+    per image moved by up to 6%, either way. Run once each in a fixed order, the source that ran
+    last paid for that drift (the same code gave ``s3://`` / ``file://`` 0.946 with ``file://``
+    first and 0.989 with it last). In mirrored halves a steady drift weighs on every source
+    alike."""
+    return [(s, 0) for s in sources] + [(s, 1) for s in reversed(sources)]
+
+
+def merge_halves(halves: list[dict[str, Any]]) -> dict[str, Any]:
+    """One source's runs (``bench.e2e.run_backlog`` results) as one: counts added, per-image
+    figures weighted by the images each measured, rates and shares of a core by the seconds
+    each measured, the stage profile by the images each ingested, peak memory the highest;
+    ``halves`` keeps each part's own figures."""
+    if len(halves) == 1:
+        return halves[0]
+
+    def images(h: dict[str, Any]) -> float:
+        return float(h["measured_images"])
+
+    def seconds(h: dict[str, Any]) -> float:
+        return float(h["measured_seconds"])
+
+    def ingested(h: dict[str, Any]) -> float:
+        return float(h["ingested"])
+
+    def machine(h: dict[str, Any]) -> dict[str, Any]:
+        return h.get("machine") or {}
+
+    stages = _weighted_map(
+        halves,
+        lambda h: {k: v["ms_per_image"] for k, v in (h.get("stage_profile") or {}).items()},
+        ingested,
+    )
+    span = sum(seconds(h) for h in halves)
+    return {
+        "messages": sum(h["messages"] for h in halves),
+        "ingested": sum(h["ingested"] for h in halves),
+        "dead_lettered": sum(h["dead_lettered"] for h in halves),
+        "window": "; ".join(sorted({str(h["window"]) for h in halves})),
+        "measured_images": sum(h["measured_images"] for h in halves),
+        "measured_seconds": round(span, 2),
+        "images_per_s": round(sum(images(h) for h in halves) / span, 2),
+        "cpu_s_per_image": round(_weighted(halves, lambda h: h["cpu_s_per_image"], images), 4),
+        "cpu_cores_busy": round(_weighted(halves, lambda h: h["cpu_cores_busy"], seconds), 3),
+        "thread_cpu_s_per_image": _weighted_map(
+            halves, lambda h: h.get("thread_cpu_s_per_image") or {}, images
+        ),
+        "server_cores_busy": _weighted_map(
+            halves, lambda h: h.get("server_cores_busy") or {}, seconds
+        ),
+        "machine": {
+            "cpu_busy": _weighted_map(halves, lambda h: machine(h).get("cpu_busy") or {}, seconds),
+            "other_cores_busy": round(
+                _weighted(halves, lambda h: machine(h).get("other_cores_busy", 0.0), seconds), 3
+            ),
+        },
+        "peak_rss_mib": max(h["peak_rss_mib"] for h in halves),
+        "stage_profile": {stage: {"ms_per_image": round(ms, 3)} for stage, ms in stages.items()},
+        "halves": halves,
+    }
+
+
+def _weighted(
+    halves: list[dict[str, Any]],
+    value: Callable[[dict[str, Any]], float],
+    weight: Callable[[dict[str, Any]], float],
+) -> float:
+    total = sum(weight(h) for h in halves)
+    return sum(value(h) * weight(h) for h in halves) / total if total else 0.0
+
+
+def _weighted_map(
+    halves: list[dict[str, Any]],
+    values: Callable[[dict[str, Any]], dict[str, float]],
+    weight: Callable[[dict[str, Any]], float],
+) -> dict[str, float]:
+    total = sum(weight(h) for h in halves)
+    keys = sorted({k for h in halves for k in values(h)})
+    return {
+        k: round(sum(values(h).get(k, 0.0) * weight(h) for h in halves) / total, 4)
+        if total
+        else 0.0
+        for k in keys
+    }
+
+
 # ---------------------------------------------------------------------------- one run
 def summarize(
     run: dict[str, Any], floor: dict[str, Any], core: str | None = None
@@ -265,6 +359,14 @@ def summarize(
         "dead_lettered": run.get("dead_lettered"),
         "server_cores_busy": run.get("server_cores_busy"),
         "machine": run.get("machine"),
+        "halves": [
+            {
+                "images_per_s": half["images_per_s"],
+                "cpu_ms_per_image": round(1000 * half["cpu_s_per_image"], 3),
+                "measured_images": half.get("measured_images"),
+            }
+            for half in run.get("halves") or []
+        ],
     }
 
 
@@ -278,16 +380,20 @@ def run_section(
     work: Path,
     sources: tuple[str, ...] = SOURCES,
 ) -> dict[str, Any]:
-    """The section: floor, the consumer per source, floor again; the figures and ratios."""
-    from bench import e2e
-
+    """The section: floor, the consumer per source (in mirrored halves), floor again; the
+    figures and ratios."""
     out: dict[str, Any] = {
         "layout": {"consumer_cpu": plan_.core, "other_cpus": plan_.others, "note": plan_.note},
         "model": "near-free (benchmark-only, serving/nearfree.py)",
         "dataset": dataset.summary(),
         "messages_per_source": plan_.messages,
+        "order": [
+            f"{source} {half + 1}/{len(split_backlog(plan_.messages))}"
+            for source, half in run_order(sources)[
+                : len(sources) * len(split_backlog(plan_.messages))
+            ]
+        ],
     }
-    runs: dict[str, dict[str, Any]] = {}
     with moved_to(plan_.others) as moved:
         out["layout"]["processes_moved"] = len(moved)
         model = start_model(work, plan_.others)
@@ -297,27 +403,26 @@ def run_section(
             endpoints = replace(opts.endpoints, triton=model.grpc_url)
             pids = {**server_pids, "triton_near_free": model.pid, **feeds.pids()}
             before = decode_floor(dataset, plan_.core, plan_.floor_rounds)
-            for source in sources:
-                flags, env = feeds.consumer_args(source)
-                source_opts = replace(
-                    opts,
-                    endpoints=endpoints,
-                    file_root=dataset.folder,
-                    http=source == "http",
-                    extra_args=(*opts.extra_args, *flags),
+            parts: dict[str, list[dict[str, Any]]] = {source: [] for source in sources}
+            sizes = split_backlog(plan_.messages)
+            for source, half in run_order(sources)[: len(sources) * len(sizes)]:
+                run = _run_source(
+                    ctx,
+                    feeds,
+                    replace(opts, endpoints=endpoints, file_root=dataset.folder),
+                    source=source,
+                    name=f"bound-{source}" + (f"-{half + 1}" if len(sizes) > 1 else ""),
+                    messages=sizes[half],
+                    dataset=dataset,
+                    core=plan_.core,
+                    pids=pids,
                 )
-                name = f"bound-{source}"
-                topic = ctx.topic(name, plan_.messages, feeds.base_url(source) or "", dataset)
-                target = ctx.collection(name.replace("-", "_"))
-                proc = e2e.ConsumerProcess(
-                    source_opts, name=name, topic=topic, collection=target, cpus=plan_.core
+                parts[source].append(run)
+                print(
+                    f"   {source} ({half + 1}/{len(sizes)}): {run['images_per_s']} images/s",
+                    flush=True,
                 )
-                proc.env.update(env)
-                try:
-                    runs[source] = e2e.run_backlog(proc, messages=plan_.messages, server_pids=pids)
-                finally:
-                    ctx.release(target)
-                print(f"   {source}: {runs[source]['images_per_s']} images/s", flush=True)
+            runs = {source: merge_halves(halves) for source, halves in parts.items()}
             after = decode_floor(dataset, plan_.core, plan_.floor_rounds)
         finally:
             feeds.stop()
@@ -334,6 +439,40 @@ def run_section(
     }
     out["ratios"] = ratios(out["sources"])
     return out
+
+
+def split_backlog(messages: int) -> list[int]:
+    """Each source's backlog in :data:`HALVES` parts (one part when too small to split)."""
+    if messages < HALVES:
+        return [messages]
+    return [messages // HALVES + (1 if i < messages % HALVES else 0) for i in range(HALVES)]
+
+
+def _run_source(
+    ctx: Context,
+    feeds: Sources,
+    opts: Any,
+    *,
+    source: str,
+    name: str,
+    messages: int,
+    dataset: Dataset,
+    core: str | None,
+    pids: dict[str, int],
+) -> dict[str, Any]:
+    """One consumer run of ``messages`` from ``source`` on the section's core."""
+    from bench import e2e
+
+    flags, env = feeds.consumer_args(source)
+    source_opts = replace(opts, http=source == "http", extra_args=(*opts.extra_args, *flags))
+    topic = ctx.topic(name, messages, feeds.base_url(source) or "", dataset)
+    target = ctx.collection(name.replace("-", "_"))
+    proc = e2e.ConsumerProcess(source_opts, name=name, topic=topic, collection=target, cpus=core)
+    proc.env.update(env)
+    try:
+        return e2e.run_backlog(proc, messages=messages, server_pids=pids)
+    finally:
+        ctx.release(target)
 
 
 def ratios(sources: dict[str, dict[str, Any]]) -> dict[str, float]:

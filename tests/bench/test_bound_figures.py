@@ -86,3 +86,61 @@ def test_summary_ratios_and_cost_model() -> None:
     assert rows[0]["fetch_mbit_per_s"] == 8192
     assert cost["per_source"]["file"]["process_main_thread_limit_images_per_s"] == 1000.0
     assert bound.cost_model({"sources": {}}) is None
+
+
+def test_sources_run_in_mirrored_halves() -> None:
+    assert bound.run_order(("file", "http", "s3")) == [
+        ("file", 0), ("http", 0), ("s3", 0), ("s3", 1), ("http", 1), ("file", 1)
+    ]  # fmt: skip
+    assert bound.split_backlog(1500) == [750, 750]
+    assert bound.split_backlog(13) == [7, 6]
+    assert bound.split_backlog(1) == [1]  # too small to split: one run each
+
+
+def _half(images: int, seconds: float, cpu_s: float, main_s: float, **extra: object) -> dict:
+    return {
+        "messages": images,
+        "ingested": images,
+        "dead_lettered": 0,
+        "window": "steady: 10% to 90% of the images written",
+        "measured_images": images,
+        "measured_seconds": seconds,
+        "images_per_s": images / seconds,
+        "cpu_s_per_image": cpu_s,
+        "cpu_cores_busy": images * cpu_s / seconds,
+        "thread_cpu_s_per_image": {"main thread": main_s, "worker threads": cpu_s - main_s},
+        "server_cores_busy": {"kafka": 0.1},
+        "machine": {"cpu_busy": {"1": images * cpu_s / seconds}, "other_cores_busy": 0.0},
+        "peak_rss_mib": 500.0,
+        "stage_profile": {"decode": {"ms_per_image": 12.0, "observations": images}},
+        **extra,
+    }
+
+
+def test_halves_merge_into_one_run_weighted_by_what_each_measured() -> None:
+    """Pass: per-image figures are the totals' (not the halves' plain mean), rates the totals'
+    over the total time, peak memory the higher; a drift that made the second half 10% dearer
+    moves the merged CPU per image to the middle."""
+    first = _half(600, 10.0, 0.016, 0.0006)
+    second = _half(200, 4.0, 0.0176, 0.0008, peak_rss_mib=540.0)
+    second["stage_profile"] = {"decode": {"ms_per_image": 14.0}, "infer": {"ms_per_image": 2.0}}
+    run = bound.merge_halves([first, second])
+    assert run["measured_images"] == 800 and run["ingested"] == 800
+    assert run["images_per_s"] == round(800 / 14.0, 2)
+    assert run["cpu_s_per_image"] == round((600 * 0.016 + 200 * 0.0176) / 800, 4)
+    assert run["thread_cpu_s_per_image"]["main thread"] == round(
+        (600 * 0.0006 + 200 * 0.0008) / 800, 4
+    )
+    assert run["cpu_cores_busy"] == round((600 * 0.016 + 200 * 0.0176) / 14.0, 3)
+    assert run["machine"]["cpu_busy"]["1"] == pytest.approx(run["cpu_cores_busy"], abs=1e-3)
+    assert run["peak_rss_mib"] == 540.0
+    assert run["stage_profile"] == {
+        "decode": {"ms_per_image": 12.5},
+        "infer": {"ms_per_image": 0.5},
+    }
+    assert run["halves"] == [first, second]
+    floor = {"images_per_s": 80.0, "cpu_ms_per_image": 12.5}
+    fig = bound.summarize(run, floor, "1")
+    assert fig["cpu_ms_per_image"] == round(1000 * run["cpu_s_per_image"], 3)
+    assert bound.merge_halves([first]) is first
+    assert [h["cpu_ms_per_image"] for h in fig["halves"]] == [16.0, 17.6]
