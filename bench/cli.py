@@ -123,7 +123,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--quix-sizes",
         type=_ints,
-        help="backlogs of the Quix Streams peer section (default 600,2400; quick 12)",
+        help="backlogs of the Quix Streams peer section (default 600,3000; quick 12)",
     )
     parser.add_argument(
         "--http", action="store_true", help="serve the images over loopback HTTP, not file://"
@@ -158,7 +158,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "ceiling_window_s": 1.0 if quick else 15.0,
         "photos": 12 if quick else 200,
         "bound_messages": 40 if quick else 1500,
-        "quix_sizes": (12,) if quick else (600, 2400),
+        "quix_sizes": (12,) if quick else (600, 3000),
     }
     for key, value in defaults.items():
         if getattr(args, key) is None:

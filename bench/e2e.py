@@ -13,6 +13,7 @@ are scraped: they are the profile of where the consumer's time goes.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -143,6 +144,8 @@ class ConsumerProcess:
         self.name = name
         self.metrics_port = free_port()
         self.log_file = opts.log_dir / f"consumer-{name}.log"
+        #: The consumer's own run summary (``--summary-json``), written as it exits.
+        self.summary_file = opts.log_dir / f"consumer-{name}-summary.json"
         cmd = [
             sys.executable,
             "-m",
@@ -158,6 +161,8 @@ class ConsumerProcess:
             str(self.metrics_port),
             "--log-format",
             "json",
+            "--summary-json",
+            str(self.summary_file),
             "--log-level",
             "WARNING",
         ]
@@ -192,6 +197,14 @@ class ConsumerProcess:
                 env=self.env,
                 cwd=Path(__file__).resolve().parent.parent,
             )
+
+    def own_summary(self) -> dict[str, Any]:
+        """The run summary the consumer wrote as it exited (empty when it wrote none)."""
+        try:
+            summary: dict[str, Any] = json.loads(self.summary_file.read_text())
+        except (OSError, ValueError):
+            return {}
+        return summary
 
     def failed(self, reason: str) -> ConsumerRunFailedError:
         return ConsumerRunFailedError(
@@ -380,6 +393,8 @@ def run_backlog(
     }
     groups = thread_groups(consumer.pid, first.threads, last.threads)
     ingested = consumer.ingested(metrics)
+    own = consumer.own_summary()
+    busy_s = own.get("busy_seconds") or 0.0
     steady = [m for m in marks if first.t <= m.t <= last.t]
     return {
         "messages": messages,
@@ -391,6 +406,12 @@ def run_backlog(
         "measured_images": images,
         "measured_seconds": round(span, 2),
         "images_per_s": round(images / span, 2),
+        # the consumer's own clock: from the first message it polled to the last one done
+        "startup_seconds": own.get("startup_seconds"),
+        "busy_seconds": busy_s or None,
+        "images_per_s_from_first_poll": round(own.get("ingested", 0) / busy_s, 2)
+        if busy_s
+        else None,
         "cpu_s_per_image": round((last.cpu_s - first.cpu_s) / images, 4),
         "cpu_cores_busy": round((last.cpu_s - first.cpu_s) / span, 3),
         "thread_cpu_s_per_image": {k: round(v / images, 4) for k, v in groups.items()},

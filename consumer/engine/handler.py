@@ -65,6 +65,8 @@ class EventHandler:
         self._clock = clock
         self._live = live
         self._on_retired = on_retired
+        #: When the last message was retired (the clock's monotonic seconds); None before one.
+        self.last_retired_at: float | None = None
 
     def drain(self) -> None:
         """Handle every event queued now."""
@@ -148,4 +150,5 @@ class EventHandler:
 
     def _retire(self, ref: Ref) -> None:
         self._ledger.retire(ref)
+        self.last_retired_at = self._clock.monotonic()
         self._on_retired()

@@ -302,13 +302,11 @@ class Engine:
                 self._drain()
         finally:
             self._close()
-            ended = self._clock.monotonic()
-            first = (self._intake.first_message_at if self._intake else None) or ended
-            self.summary.seconds = round(ended - started, 3)
-            self.summary.startup_seconds = round(first - started, 3)
-            busy = ended - first
-            self.summary.images_per_second = (
-                round(self.summary.ingested / busy, 2) if busy > 0 else 0.0
+            self.summary.set_times(
+                started=started,
+                first_message=self._intake.first_message_at if self._intake else None,
+                last_done=self._handler.last_retired_at if self._handler else None,
+                ended=self._clock.monotonic(),
             )
             self.summary.outcome = self._outcome()
         if self._fatal is not None:

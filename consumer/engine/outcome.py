@@ -30,9 +30,24 @@ class RunSummary:
     seconds: float = 0.0
     startup_seconds: float = 0.0  # connecting, checking the model, compiling, joining the group
     images_per_second: float = 0.0  # ingested rows per second from the first message on
+    #: From the first message polled to the last one done (written, deleted, skipped or
+    #: dead-lettered): the run's working time, without start-up and without the wait at its end
+    busy_seconds: float = 0.0
     dead_letters_by_type: dict[str, int] = field(default_factory=dict)
     committed: dict[str, int] = field(default_factory=dict)
     outcome: RunOutcome = RunOutcome.STOPPED
+
+    def set_times(
+        self, *, started: float, first_message: float | None, last_done: float | None, ended: float
+    ) -> None:
+        """The run's times from its clock's readings: the run's start, the first message polled
+        and the last one done (None when there was none) and the run's end."""
+        first = first_message if first_message is not None else ended
+        self.seconds = round(ended - started, 3)
+        self.startup_seconds = round(first - started, 3)
+        self.busy_seconds = round(max(0.0, (last_done or first) - first), 3)
+        since_first = ended - first
+        self.images_per_second = round(self.ingested / since_first, 2) if since_first > 0 else 0.0
 
     def to_json(self) -> bytes:
         return orjson.dumps(asdict(self), option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS)

@@ -402,3 +402,53 @@ def test_an_auth_failure_seen_in_a_poll_is_reported_once_by_the_watch() -> None:
     generic = [e["error"] for e in logs if e["event"] == "kafka consume error"]
     assert generic == [str(down)]
     assert causes == ["authentication"]
+
+
+def test_the_handler_notes_when_the_last_message_was_done() -> None:
+    """Pass: ``last_retired_at`` is the clock's reading at the latest retirement (a write
+    acknowledged here), None before any; an outcome for a message already retired moves it
+    not. The run summary's ``busy_seconds`` ends there."""
+    from consumer.engine.events import WriteAcknowledged
+    from consumer.engine.handler import EventHandler
+    from consumer.engine.outcome import RunSummary
+    from consumer.observability.metrics import Outcome
+    from consumer.sink import WriteResult
+
+    ledger, events, clock = InFlightLedger(), Events(), ManualClock(500.0)
+    summary = RunSummary()
+    handler = EventHandler(
+        events=events,
+        ledger=ledger,
+        stages=_stages(ThreadPoolExecutor(1), events, ledger, None),
+        router=None,  # type: ignore[arg-type]
+        summary=summary,
+        metrics=Metrics(),
+        clock=clock,
+        live=True,
+        on_retired=lambda: None,
+    )
+    ledger.advance(KEY)
+    first, second = _admit(ledger, 0), _admit(ledger, 1)
+    assert handler.last_retired_at is None
+    clock.now = 503.0
+    handler.handle(WriteAcknowledged((WriteResult(first, Outcome.INGESTED),)))
+    clock.now = 507.5
+    handler.handle(WriteAcknowledged((WriteResult(second, Outcome.INGESTED),)))
+    clock.now = 520.0
+    handler.handle(WriteAcknowledged((WriteResult(first, Outcome.INGESTED),)))  # retired before
+    assert handler.last_retired_at == 507.5
+    assert summary.ingested == 2
+
+
+def test_run_times_from_the_first_message_to_the_last_one_done() -> None:
+    """Pass: start-up ends at the first message polled; busy time runs from it to the last
+    message done (the drain's wait after it is not work); a run that saw no message has none."""
+    from consumer.engine.outcome import RunSummary
+
+    summary = RunSummary(ingested=300)
+    summary.set_times(started=10.0, first_message=12.5, last_done=17.5, ended=20.0)
+    assert (summary.seconds, summary.startup_seconds, summary.busy_seconds) == (10.0, 2.5, 5.0)
+    assert summary.images_per_second == 40.0  # ingested over first message to the end
+    idle = RunSummary()
+    idle.set_times(started=10.0, first_message=None, last_done=None, ended=14.0)
+    assert (idle.startup_seconds, idle.busy_seconds, idle.images_per_second) == (4.0, 0.0, 0.0)
