@@ -387,6 +387,8 @@ class Engine:
         router.poll()
         handler.drain()
         stages.dispatch()
+        if stages.went_idle() and self._writer is not None:
+            self._writer.write_now()  # nothing else is on its way: the rows need not wait
         if router.fatal is not None and self._fatal is None:
             self._fatal = router.fatal
         self.metrics.set_rows_in_flight(self._ledger.in_flight())

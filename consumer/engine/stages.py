@@ -106,11 +106,20 @@ class Stages:
         self._ready: deque[Fetched] = deque()
         self._ready_since = 0.0
         self._infer_in_flight = 0
+        self._was_busy = False
 
     @property
     def busy(self) -> bool:
         """Work is under way between intake and the writer."""
         return bool(self._fetching or self._ready or self._infer_in_flight)
+
+    def went_idle(self) -> bool:
+        """True once each time the work between intake and the writer has all been handed on
+        (main thread): what the writer holds then is all there is for now."""
+        busy = self.busy
+        edge = self._was_busy and not busy
+        self._was_busy = busy
+        return edge
 
     def sizes(self) -> dict[str, int]:
         return {

@@ -7,6 +7,8 @@ Guarantees:
 - Within one group each id is written once, with its highest version (:class:`schemas.Version`).
 - Failures are retried with exponential backoff and jitter until they pass or the writer is aborted;
   nothing is reported for operations that were not written, so their offsets are never committed.
+- A group is written when it is full, when its oldest row is ``max_age_s`` old, or at once after
+  ``write_now()`` (the engine's word that nothing more is on its way: waiting would only delay).
 - ``flush()`` is never called per group (it seals tiny segments): only every ``flush_interval_s``
   when set, and at close.
 """
@@ -20,6 +22,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any
 
 from consumer.backoff import Backoff
@@ -56,6 +59,12 @@ def not_loaded(exc: BaseException) -> bool:
             return True
         current = current.__cause__ or current.__context__
     return False
+
+
+class _Wake(Enum):
+    """What ``write_now()`` puts on the queue: it wakes the loop and carries nothing."""
+
+    WAKE = "wake"
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,7 +131,8 @@ class MilvusWriter:
         self._on_write_seconds = on_write_seconds
         self._max_backoff_s = max_backoff_s
         self._near_duplicates = near_duplicates
-        self._queue: queue.Queue[WriteOp | None] = queue.Queue()
+        self._queue: queue.Queue[WriteOp | _Wake | None] = queue.Queue()
+        self._write_now = threading.Event()
         self._abort = threading.Event()
         self._closing = threading.Event()
         self._healthy = threading.Event()
@@ -137,6 +147,12 @@ class MilvusWriter:
     def submit(self, ops: list[WriteOp]) -> None:
         for op in ops:
             self._queue.put(op)
+
+    def write_now(self) -> None:
+        """Write what is pending without waiting for its age (any thread): nothing more is on
+        its way soon, so waiting to fill the group would only delay these rows."""
+        self._write_now.set()
+        self._queue.put(_Wake.WAKE)
 
     @property
     def healthy(self) -> bool:
@@ -180,13 +196,16 @@ class MilvusWriter:
             return False
         self._take(self._wait_s() if block else 0.0)
         now = self._clock.monotonic()
+        urgent = self._write_now.is_set()
+        if urgent:
+            self._write_now.clear()
         if self._pending and (
             len(self._pending) >= self._batch_rows
             or now - self._oldest >= self._max_age_s
             or self._done
         ):
             self._write_next_group(now)
-        while self._done and self._pending and not self._abort.is_set():
+        while (self._done or urgent) and self._pending and not self._abort.is_set():
             self._write_next_group(now)
         self._maybe_flush()
         self._maybe_purge()
@@ -207,11 +226,12 @@ class MilvusWriter:
             if item is None:
                 self._done = self._closing.is_set() or self._abort.is_set()
                 return
-            if not self._pending:
-                self._oldest = self._clock.monotonic()
-            self._pending.append(item)
-            if len(self._pending) >= self._batch_rows:
-                return
+            if isinstance(item, WriteOp):
+                if not self._pending:
+                    self._oldest = self._clock.monotonic()
+                self._pending.append(item)
+                if len(self._pending) >= self._batch_rows:
+                    return
             try:  # whatever else is already queued
                 item = self._queue.get_nowait()
             except queue.Empty:

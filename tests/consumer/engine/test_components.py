@@ -452,3 +452,28 @@ def test_run_times_from_the_first_message_to_the_last_one_done() -> None:
     idle = RunSummary()
     idle.set_times(started=10.0, first_message=None, last_done=None, ended=14.0)
     assert (idle.startup_seconds, idle.busy_seconds, idle.images_per_second) == (4.0, 0.0, 0.0)
+
+
+def test_the_stages_say_once_when_everything_was_handed_on() -> None:
+    """Pass: ``went_idle()`` is True on the first look after the last piece of work left the
+    stages (here a failed fetch taken by the main thread), and only then: not while work is
+    under way, not again while idle."""
+
+    class Fetcher:
+        def fetch(self, uri: str) -> bytes:
+            raise FetchFailedError("no such image")
+
+        def close(self) -> None:
+            pass
+
+    ledger, events = InFlightLedger(), Events()
+    with ThreadPoolExecutor(1) as pool:
+        stages = _stages(pool, events, ledger, Fetcher())
+        assert not stages.went_idle()  # never busy yet
+        ledger.advance(KEY)
+        stages.fetch(_admit(ledger, 0), ImageMessage.upsert("http://x/a.jpg", id="a"))
+        assert not stages.went_idle()  # a fetch under way
+    assert isinstance(events.take(), FetchFailed)
+    stages.fetch_ended()
+    assert stages.went_idle()
+    assert not stages.went_idle()  # once per time it goes idle

@@ -329,3 +329,27 @@ def test_not_loaded_is_read_from_the_milvus_error_code_along_a_looping_chain() -
     a, b = RuntimeError("a"), RuntimeError("b")
     a.__cause__, b.__cause__ = b, a  # a loop
     assert not not_loaded(a)
+
+
+def test_write_now_writes_a_young_partial_group_at_once() -> None:
+    """Pass: rows far from filling their group and far younger than ``max_age_s`` wait (the
+    clock does not move), until ``write_now()``: the next turn writes them all; after that,
+    new rows wait again."""
+    from tests.support.clock import ManualClock
+
+    client, results, clock = FakeMilvus(), [], ManualClock()
+    writer = _writer(client, results, batch_rows=256, max_age_s=0.2, clock=clock)
+    writer.submit([WriteOp(i, f"r{i}", _v(10, i), _row(f"r{i}", 10, "t", i)) for i in range(3)])
+    writer.step(block=False)
+    writer.step(block=False)
+    assert client.upserts == [] and results == []  # young and partial: waiting to fill
+    writer.write_now()
+    writer.step(block=False)
+    assert sorted(client.upserts[0]) == ["r0", "r1", "r2"]
+    assert sorted(r.token for r in results) == [0, 1, 2]
+    writer.submit([WriteOp(9, "r9", _v(10, 9), _row("r9", 10, "t", 9))])
+    writer.step(block=False)
+    assert len(client.upserts) == 1  # the request was for what was pending then
+    clock.now += 0.2
+    writer.step(block=False)
+    assert client.upserts[1] == ["r9"]
