@@ -230,16 +230,17 @@ def start_model(work: Path, cpus: str | None) -> Any:
 
 
 # ---------------------------------------------------------------------------- run order
-def run_order(sources: tuple[str, ...]) -> list[tuple[str, int]]:
+def run_order(sources: tuple[str, ...], parts: int = HALVES) -> list[tuple[str, int]]:
     """(source, half) in the order they run: forwards, then backwards (file, http, s3, s3,
-    http, file).
+    http, file); forwards only when each source runs in one part.
 
     The machine drifts over a section: between the floor's two measurements of one run its CPU
     per image moved by up to 6%, either way. Run once each in a fixed order, the source that ran
     last paid for that drift (the same code gave ``s3://`` / ``file://`` 0.946 with ``file://``
     first and 0.989 with it last). In mirrored halves a steady drift weighs on every source
     alike."""
-    return [(s, 0) for s in sources] + [(s, 1) for s in reversed(sources)]
+    forwards = [(s, 0) for s in sources]
+    return forwards if parts == 1 else forwards + [(s, 1) for s in reversed(sources)]
 
 
 def merge_halves(halves: list[dict[str, Any]]) -> dict[str, Any]:
@@ -268,14 +269,15 @@ def merge_halves(halves: list[dict[str, Any]]) -> dict[str, Any]:
         ingested,
     )
     span = sum(seconds(h) for h in halves)
+    measured = sum(h["measured_images"] for h in halves)
     return {
         "messages": sum(h["messages"] for h in halves),
         "ingested": sum(h["ingested"] for h in halves),
         "dead_lettered": sum(h["dead_lettered"] for h in halves),
         "window": "; ".join(sorted({str(h["window"]) for h in halves})),
-        "measured_images": sum(h["measured_images"] for h in halves),
+        "measured_images": measured,
         "measured_seconds": round(span, 2),
-        "images_per_s": round(sum(images(h) for h in halves) / span, 2),
+        "images_per_s": round(measured / span, 2),
         "cpu_s_per_image": round(_weighted(halves, lambda h: h["cpu_s_per_image"], images), 4),
         "cpu_cores_busy": round(_weighted(halves, lambda h: h["cpu_cores_busy"], seconds), 3),
         "thread_cpu_s_per_image": _weighted_map(
@@ -382,17 +384,14 @@ def run_section(
 ) -> dict[str, Any]:
     """The section: floor, the consumer per source (in mirrored halves), floor again; the
     figures and ratios."""
+    sizes = split_backlog(plan_.messages)
+    order = run_order(sources, len(sizes))
     out: dict[str, Any] = {
         "layout": {"consumer_cpu": plan_.core, "other_cpus": plan_.others, "note": plan_.note},
         "model": "near-free (benchmark-only, serving/nearfree.py)",
         "dataset": dataset.summary(),
         "messages_per_source": plan_.messages,
-        "order": [
-            f"{source} {half + 1}/{len(split_backlog(plan_.messages))}"
-            for source, half in run_order(sources)[
-                : len(sources) * len(split_backlog(plan_.messages))
-            ]
-        ],
+        "order": [f"{source} {half + 1}/{len(sizes)}" for source, half in order],
     }
     with moved_to(plan_.others) as moved:
         out["layout"]["processes_moved"] = len(moved)
@@ -404,8 +403,7 @@ def run_section(
             pids = {**server_pids, "triton_near_free": model.pid, **feeds.pids()}
             before = decode_floor(dataset, plan_.core, plan_.floor_rounds)
             parts: dict[str, list[dict[str, Any]]] = {source: [] for source in sources}
-            sizes = split_backlog(plan_.messages)
-            for source, half in run_order(sources)[: len(sources) * len(sizes)]:
+            for source, half in order:
                 run = _run_source(
                     ctx,
                     feeds,

@@ -137,6 +137,7 @@ def run_section(bench: Any, sizes: tuple[int, ...]) -> dict[str, Any]:
     """Peer and consumer at each backlog size, on ``bench``'s servers and CPUs."""
     args, ep = bench.args, bench.endpoints
     runs: dict[str, Any] = {}
+    ceiling, _ = ceiling_of(bench.results)  # the end-to-end section's, measured before this one
     for size in sizes:
         topic = bench.topic(f"quix{size}", size)
         target = bench.collection(f"quix{size}")
@@ -167,7 +168,6 @@ def run_section(bench: Any, sizes: tuple[int, ...]) -> dict[str, Any]:
         )
         whole = _consumer_whole_run(consumer)
         polled = consumer.get("images_per_s_from_first_poll")
-        ceiling, _ = ceiling_of(bench.results)
         runs[str(size)] = {
             "peer": peer,
             "consumer": {

@@ -47,7 +47,10 @@ FLUSH = "_trigger_flush"
 
 def _visibility_lock(collection: object) -> threading.RLock:
     """The collection's lock between flush and reads (made on first use; setdefault is atomic)."""
-    lock: threading.RLock = vars(collection).setdefault("_devstack_visibility", threading.RLock())
+    state = vars(collection)
+    lock: threading.RLock | None = state.get("_devstack_visibility")
+    if lock is None:
+        lock = state.setdefault("_devstack_visibility", threading.RLock())
     return lock
 
 

@@ -95,6 +95,7 @@ def test_sources_run_in_mirrored_halves() -> None:
     assert bound.split_backlog(1500) == [750, 750]
     assert bound.split_backlog(13) == [7, 6]
     assert bound.split_backlog(1) == [1]  # too small to split: one run each
+    assert bound.run_order(("file", "http"), 1) == [("file", 0), ("http", 0)]
 
 
 def _half(images: int, seconds: float, cpu_s: float, main_s: float, **extra: object) -> dict:
