@@ -11,7 +11,7 @@ import contextlib
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -22,6 +22,9 @@ from consumer.inference.exceptions import (
     ModelMismatchError,
 )
 from schemas import preprocessing as contract
+
+if TYPE_CHECKING:
+    from consumer.inference.wire import RequestEncoder
 
 #: How long one readiness probe may wait for Triton.
 READINESS_TIMEOUT_S = 2.0
@@ -161,51 +164,79 @@ class TritonInference:
         self._local = threading.local()
         self._clients: list[Any] = []
         self._probe_client: Any = None
+        self._request_encoder: RequestEncoder | None = None
         self._lock = threading.Lock()
 
     def _client(self) -> Any:
+        """This thread's client: a ``GrpcInferCall`` over gRPC, a ``tritonclient.http`` client
+        over HTTP."""
         client = getattr(self._local, "client", None)
         if client is None:
-            client = _new_client(self.endpoint)
+            client = self._new_thread_client()
             self._local.client = client
             with self._lock:
                 self._clients.append(client)
         return client
 
+    def _new_thread_client(self) -> Any:
+        if self.endpoint.protocol != "grpc":
+            return _new_client(self.endpoint)
+        from consumer.inference.wire import GrpcInferCall, open_channel
+
+        ep = self.endpoint
+        channel = open_channel(
+            ep.address,
+            ssl=ep.ssl,
+            root_certificates=ep.root_certificates,
+            private_key=ep.private_key,
+            certificate_chain=ep.certificate_chain,
+        )
+        return GrpcInferCall(channel, self._encoder(), self.spec.output)
+
+    def _encoder(self) -> RequestEncoder:
+        with self._lock:
+            if self._request_encoder is None:
+                from consumer.inference.wire import RequestEncoder
+
+                spec = self.spec
+                self._request_encoder = RequestEncoder(
+                    model=spec.name,
+                    version=spec.version,
+                    input_name=spec.input_name,
+                    datatype=spec.input_datatype,
+                    output=spec.output,
+                )
+            return self._request_encoder
+
     def infer(self, batch: np.ndarray) -> np.ndarray:
         """Run ``[n, 224, 224, 3]`` float32 through the model; returns ``[n, dim]`` float32."""
         client = self._client()
-        if self.endpoint.protocol == "grpc":
-            import tritonclient.grpc as tc
-        else:
-            import tritonclient.http as tc
         data = np.ascontiguousarray(batch, dtype=np.float32)
-        inp = tc.InferInput(self.spec.input_name, list(data.shape), self.spec.input_datatype)
-        if self.endpoint.protocol == "grpc":
-            inp.set_data_from_numpy(data)
-            out = tc.InferRequestedOutput(self.spec.output)
-            kwargs: dict[str, Any] = {"client_timeout": self.endpoint.timeout_s}
-        else:
-            inp.set_data_from_numpy(data, binary_data=True)
-            out = tc.InferRequestedOutput(self.spec.output, binary_data=True)
-            kwargs = {}
         try:
-            result = client.infer(
-                self.spec.name,
-                inputs=[inp],
-                outputs=[out],
-                model_version=self.spec.version,
-                **kwargs,
-            )
+            if self.endpoint.protocol == "grpc":
+                vectors = client.infer(data, timeout_s=self.endpoint.timeout_s)
+            else:
+                vectors = self._infer_http(client, data)
         except Exception as exc:
             raise _classify(exc) from exc
-        vectors = result.as_numpy(self.spec.output)
         if vectors is None or vectors.shape[0] != data.shape[0]:
             raise InferenceRejectedError(
                 f"model returned {None if vectors is None else vectors.shape} for {data.shape[0]}"
             )
         rows: np.ndarray = vectors.reshape(data.shape[0], -1).astype(np.float32, copy=False)
         return rows
+
+    def _infer_http(self, client: Any, data: np.ndarray) -> np.ndarray | None:
+        import tritonclient.http as tc
+
+        inp = tc.InferInput(self.spec.input_name, list(data.shape), self.spec.input_datatype)
+        inp.set_data_from_numpy(data, binary_data=True)
+        out = tc.InferRequestedOutput(self.spec.output, binary_data=True)
+        result = client.infer(
+            self.spec.name, inputs=[inp], outputs=[out], model_version=self.spec.version
+        )
+        vectors: np.ndarray | None = result.as_numpy(self.spec.output)
+        return vectors
 
     def is_ready(self) -> bool:
         """Whether Triton reports the model ready, within ``READINESS_TIMEOUT_S`` (``/readyz``).
