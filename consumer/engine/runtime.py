@@ -13,7 +13,7 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
     from consumer.fetch import FetchPolicy
     from consumer.inference import ModelSpec
+    from consumer.inference.batch import TensorBatch
     from consumer.inference.client import TritonEndpoint
     from consumer.settings import Settings
 
@@ -215,9 +216,11 @@ class MilvusLike(Protocol):
 
 
 class InferenceLike(Protocol):
-    """What ``TritonInference`` offers the engine (``infer`` from any inference thread)."""
+    """What ``TritonInference`` offers the engine (``pack`` on the main thread, ``infer`` from
+    any inference thread)."""
 
-    def infer(self, batch: np.ndarray) -> np.ndarray: ...
+    def pack(self, parts: Sequence[np.ndarray]) -> TensorBatch: ...
+    def infer(self, batch: TensorBatch) -> np.ndarray: ...
     def is_ready(self) -> bool: ...
     def close(self) -> None: ...
 
@@ -230,9 +233,10 @@ class FetcherLike(Protocol):
 
 
 class PreprocessorLike(Protocol):
-    """The JAX preprocessor: squares in, a NumPy-owned batch out (main thread only)."""
+    """The JAX preprocessor (main thread only): squares in, the output chunk by chunk as views
+    that must be copied before they leave the main thread."""
 
-    def __call__(self, squares: Sequence[np.ndarray]) -> np.ndarray: ...
+    def chunks(self, squares: Sequence[np.ndarray]) -> Iterator[np.ndarray]: ...
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,7 @@ from consumer.inference import (
     ModelSpec,
     l2_normalize,
 )
+from consumer.inference.batch import TensorBatch, group_images
 from consumer.observability.logging import get_logger
 from consumer.observability.metrics import Metrics, RetryOperation
 from consumer.preprocess import fit_to_canvas
@@ -190,27 +191,33 @@ class Stages:
                 self._preprocess_and_submit(batch)
 
     def _preprocess_and_submit(self, batch: list[Fetched]) -> None:
+        """JAX, then each request packed straight from JAX's buffers (one copy), on the main
+        thread; the inference pool gets owned requests only."""
         started = time.perf_counter()
-        tensor = self._preprocessor([b.square for b in batch])
+        chunks = self._preprocessor.chunks([b.square for b in batch])
+        requests = [
+            self._inference.pack(parts) for parts in group_images(chunks, self._infer_batch_size)
+        ]
         self._metrics.observe_stage("preprocess", time.perf_counter() - started)
-        size = self._infer_batch_size
-        for start in range(0, len(batch), size):
+        start = 0
+        for request in requests:
             items = [
                 InferItem(b.ref, b.msg, self._ledger.version(b.ref))
-                for b in batch[start : start + size]
+                for b in batch[start : start + len(request)]
             ]
+            start += len(request)
             self._infer_in_flight += 1
-            self._infer.submit(self.infer_task, items, tensor[start : start + size])
+            self._infer.submit(self.infer_task, items, request)
 
     def infer_ended(self) -> None:
         """One inference task ended (main thread, from its event)."""
         self._infer_in_flight -= 1
 
     # --- inference (inference pool) --------------------------------------------------------
-    def infer_task(self, items: list[InferItem], arr: np.ndarray) -> None:
+    def infer_task(self, items: list[InferItem], request: TensorBatch) -> None:
         """Inference thread: Triton (retried while unavailable), normalize, hand rows on."""
         try:
-            vectors = self._infer_with_retry(items, arr)
+            vectors = self._infer_with_retry(items, request)
             if vectors is not None:
                 crash.crash_point("after_infer")
                 self._hand_on(items, vectors)
@@ -251,13 +258,14 @@ class Stages:
         if ops:
             self._submit(ops)
 
-    def _infer_with_retry(self, items: list[InferItem], arr: np.ndarray) -> np.ndarray | None:
-        """Vectors for ``arr``; None when the input was refused (then handled image by image)."""
+    def _infer_with_retry(self, items: list[InferItem], request: TensorBatch) -> np.ndarray | None:
+        """Vectors for ``request``; None when the input was refused (then handled image by
+        image)."""
         backoff = Backoff(initial=0.1, cap=10.0, start=1, random=self._random)
         while not self._halt.is_set():
             started = time.perf_counter()
             try:
-                vectors = self._inference.infer(arr)
+                vectors = self._inference.infer(request)
                 self._metrics.observe_stage("infer", time.perf_counter() - started)
                 return vectors
             except InferenceUnavailableError as exc:
@@ -274,7 +282,7 @@ class Stages:
                     return None
                 # find the refused input: one request per image, the others go on as usual
                 for i, item in enumerate(items):
-                    single = self._infer_with_retry([item], arr[i : i + 1])
+                    single = self._infer_with_retry([item], request.one(i))
                     if single is not None:
                         self._hand_on([item], single)
                 return None

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from consumer.inference.batch import TensorBatch, pack_arrays
 from consumer.inference.exceptions import (
     InferenceRejectedError,
     InferenceTLSError,
@@ -24,7 +25,7 @@ from consumer.inference.exceptions import (
 from schemas import preprocessing as contract
 
 if TYPE_CHECKING:
-    from consumer.inference.wire import RequestEncoder
+    from consumer.inference.wire import EncodedRequest, RequestEncoder
 
 #: How long one readiness probe may wait for Triton.
 READINESS_TIMEOUT_S = 2.0
@@ -191,7 +192,7 @@ class TritonInference:
             private_key=ep.private_key,
             certificate_chain=ep.certificate_chain,
         )
-        return GrpcInferCall(channel, self._encoder(), self.spec.output)
+        return GrpcInferCall(channel, self.spec.output)
 
     def _encoder(self) -> RequestEncoder:
         with self._lock:
@@ -208,23 +209,42 @@ class TritonInference:
                 )
             return self._request_encoder
 
-    def infer(self, batch: np.ndarray) -> np.ndarray:
+    def pack(self, parts: Sequence[np.ndarray]) -> TensorBatch:
+        """``parts`` (float32 images along the first axis, e.g. views of the JAX step's
+        buffers) copied once into what the request is sent from: over gRPC the request's own
+        bytes, over HTTP one array. Main thread; the result may go to any thread."""
+        if self.endpoint.protocol == "grpc":
+            return self._encoder().encode_parts(
+                [np.ascontiguousarray(part, dtype=np.float32) for part in parts]
+            )
+        return pack_arrays([part.astype(np.float32, copy=False) for part in parts])
+
+    def infer(self, batch: np.ndarray | TensorBatch) -> np.ndarray:
         """Run ``[n, 224, 224, 3]`` float32 through the model; returns ``[n, dim]`` float32."""
         client = self._client()
-        data = np.ascontiguousarray(batch, dtype=np.float32)
+        count = len(batch)
         try:
             if self.endpoint.protocol == "grpc":
-                vectors = client.infer(data, timeout_s=self.endpoint.timeout_s)
+                vectors = client.infer(self._encoded(batch), timeout_s=self.endpoint.timeout_s)
             else:
-                vectors = self._infer_http(client, data)
+                data = batch if isinstance(batch, np.ndarray) else batch.array()
+                vectors = self._infer_http(client, np.ascontiguousarray(data, dtype=np.float32))
         except Exception as exc:
             raise _classify(exc) from exc
-        if vectors is None or vectors.shape[0] != data.shape[0]:
+        if vectors is None or vectors.shape[0] != count:
             raise InferenceRejectedError(
-                f"model returned {None if vectors is None else vectors.shape} for {data.shape[0]}"
+                f"model returned {None if vectors is None else vectors.shape} for {count}"
             )
-        rows: np.ndarray = vectors.reshape(data.shape[0], -1).astype(np.float32, copy=False)
+        rows: np.ndarray = vectors.reshape(count, -1).astype(np.float32, copy=False)
         return rows
+
+    def _encoded(self, batch: np.ndarray | TensorBatch) -> EncodedRequest:
+        from consumer.inference.wire import EncodedRequest
+
+        if isinstance(batch, EncodedRequest):
+            return batch
+        data = batch if isinstance(batch, np.ndarray) else batch.array()
+        return self._encoder().encode(np.ascontiguousarray(data, dtype=np.float32))
 
     def _infer_http(self, client: Any, data: np.ndarray) -> np.ndarray | None:
         import tritonclient.http as tc

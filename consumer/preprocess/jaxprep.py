@@ -13,7 +13,7 @@ import gc
 import math
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -180,12 +180,22 @@ class Preprocessor:
 
         The result is a NumPy-owned copy: the JAX buffers are released here, on the main
         thread, never by the inference thread that holds the array last."""
+        if not squares:
+            _check_main_thread()
+            return np.zeros((0, contract.CROP_PX, contract.CROP_PX, 3), np.float32)
+        outputs = [np.array(view, copy=True) for view in self.chunks(squares)]
+        return outputs[0] if len(outputs) == 1 else np.concatenate(outputs)
+
+    def chunks(self, squares: Sequence[np.ndarray]) -> Iterator[np.ndarray]:
+        """The micro-batch's output chunk by chunk (one call of a compiled bucket each):
+        ``[k, 224, 224, 3]`` float32, read-only views of JAX's own buffers, no copy.
+
+        A view keeps its JAX buffer alive: copy what you keep (``TritonInference.pack`` copies
+        into the request), and never hand a view to another thread, so that JAX's buffers are
+        released on the main thread."""
         _check_main_thread()
         if self._gc is not None:
             self._gc.run_pending()
-        if not squares:
-            return np.zeros((0, contract.CROP_PX, contract.CROP_PX, 3), np.float32)
-        outputs = []
         largest = self.buckets[-1]
         for start in range(0, len(squares), largest):
             chunk = squares[start : start + largest]
@@ -198,9 +208,8 @@ class Preprocessor:
                     raise ValueError(f"square of {square.shape} does not fit the canvas")
                 canvas[i, :side, :side] = square
                 sides[i] = side
-            result = np.array(self._fn(canvas, sides), copy=True)
-            outputs.append(result[: len(chunk)])
-        return outputs[0] if len(outputs) == 1 else np.concatenate(outputs)
+            # the call has finished once its output is read: the canvas may be filled again
+            yield np.asarray(self._fn(canvas, sides))[: len(chunk)]
 
     def _canvas(self, bucket: int) -> np.ndarray:
         canvas = self._canvases.get(bucket)

@@ -7,19 +7,20 @@
 - :class:`FakeFetcher` stands for fetch + decode: a URI ``https://sim.example/<kind>/<n>`` gives
   a small "image" whose first value carries what Triton will do with it; kind ``missing`` is a
   404.
-- :func:`fake_preprocess` stands for the JAX function (main thread): it stacks the images.
+- :data:`fake_preprocess` stands for the JAX step (main thread): it stacks the images.
 """
 
 from __future__ import annotations
 
 import random
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
 from consumer.fetch.exceptions import FetchError
 from consumer.inference import InferenceRejectedError, InferenceUnavailableError
+from consumer.inference.batch import ArrayBatch, TensorBatch, pack_arrays
 from schemas import ErrorType, Stage
 from tests.simulation.clock import VirtualClock
 
@@ -64,8 +65,16 @@ class FakeFetcher:
         pass
 
 
-def fake_preprocess(squares: list[np.ndarray]) -> np.ndarray:
-    return np.stack(squares).astype(np.float32)
+class FakePreprocessor:
+    """The JAX step's stand-in: the images stacked as float32, in chunks of up to four (as the
+    real one hands out one chunk per compiled bucket)."""
+
+    def chunks(self, squares: Sequence[np.ndarray]) -> Iterator[np.ndarray]:
+        for start in range(0, len(squares), 4):
+            yield np.stack(squares[start : start + 4]).astype(np.float32)
+
+
+fake_preprocess = FakePreprocessor()
 
 
 class FakeTriton:
@@ -86,7 +95,11 @@ class FakeTriton:
         now = self.clock.monotonic()
         return any(start <= now < end for start, end in self.unavailable)
 
-    def infer(self, batch: np.ndarray) -> np.ndarray:
+    def pack(self, parts: Sequence[np.ndarray]) -> ArrayBatch:
+        return pack_arrays(parts)
+
+    def infer(self, request: TensorBatch | np.ndarray) -> np.ndarray:
+        batch = request if isinstance(request, np.ndarray) else request.array()
         self.calls += 1
         if self.down():
             raise InferenceUnavailableError("Triton unavailable: connection refused")

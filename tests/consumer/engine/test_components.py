@@ -8,7 +8,6 @@ import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-import numpy as np
 import pytest
 import structlog.testing
 from confluent_kafka import KafkaError, TopicPartition
@@ -36,6 +35,7 @@ from consumer.observability.metrics import Metrics
 from consumer.security import AuthFailureWatch
 from consumer.settings import Settings
 from schemas import ErrorType, ImageMessage, Stage, Version
+from tests.simulation.triton import fake_preprocess
 from tests.support.clock import ManualClock
 
 KEY = ("t", 0)
@@ -233,7 +233,7 @@ def _stages(io: Any, events: Events, ledger: InFlightLedger, fetcher: Any) -> St
         io=io,
         infer=io,
         fetcher=fetcher,
-        preprocessor=lambda squares: np.stack(squares),
+        preprocessor=fake_preprocess,
         inference=None,  # type: ignore[arg-type]
         spec=ModelSpec("m", "1", "IMAGE", "FP32", "EMBEDDING", 3, 64, "python"),
         submit=lambda ops: None,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import random
 import threading
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -25,6 +26,7 @@ from consumer.engine.ledger import InFlightLedger
 from consumer.engine.runtime import SystemClock
 from consumer.engine.stages import Stages
 from consumer.inference import InferenceRejectedError, ModelSpec
+from consumer.inference.batch import ArrayBatch, TensorBatch, pack_arrays
 from consumer.observability.metrics import Metrics
 from schemas import ImageMessage, Version
 
@@ -35,8 +37,11 @@ class StubTriton:
         self.reject = reject
         self.calls: list[int] = []
 
-    def infer(self, batch: np.ndarray) -> np.ndarray:
-        markers = [int(img[0, 0, 0]) for img in batch]
+    def pack(self, parts: Sequence[np.ndarray]) -> ArrayBatch:
+        return pack_arrays(parts)
+
+    def infer(self, request: TensorBatch) -> np.ndarray:
+        markers = [int(img[0, 0, 0]) for img in request.array()]
         self.calls.append(len(markers))
         if any(m in self.reject for m in markers):
             raise InferenceRejectedError("INVALID_ARGUMENT: bad input")
@@ -75,7 +80,7 @@ def _stages(triton: StubTriton) -> tuple[Stages, list[Any], Events]:
     return stages, ops, events
 
 
-def _items(count: int) -> tuple[list[InferItem], np.ndarray]:
+def _items(count: int) -> tuple[list[InferItem], ArrayBatch]:
     items = [
         InferItem(
             Ref(1, "t", 0, i),
@@ -87,7 +92,7 @@ def _items(count: int) -> tuple[list[InferItem], np.ndarray]:
     batch = np.zeros((count, 4, 4, 3), np.float32)
     for i in range(count):
         batch[i, 0, 0, 0] = i
-    return items, batch
+    return items, ArrayBatch(batch)
 
 
 def _events(events: Events) -> list[Event]:

@@ -62,7 +62,7 @@ def test_the_request_is_the_message_tritonclient_sends(count: int) -> None:
     tensor = rng.standard_normal((count, SIDE, SIDE, 3)).astype(np.float32)
     encoder = _encoder()
     for _ in range(2):  # the second time from the cached header
-        sent = service_pb2.ModelInferRequest.FromString(encoder.encode(tensor))
+        sent = service_pb2.ModelInferRequest.FromString(encoder.encode(tensor).request)
         assert sent == _tritonclient_request(tensor)
         payload = np.frombuffer(sent.raw_input_contents[0], np.float32)
         np.testing.assert_array_equal(payload.reshape(tensor.shape), tensor)
@@ -72,11 +72,36 @@ def test_shapes_share_nothing_but_the_model() -> None:
     encoder = _encoder()
     small = np.zeros((2, SIDE, SIDE, 3), np.float32)
     large = np.ones((5, SIDE, SIDE, 3), np.float32)
-    first = service_pb2.ModelInferRequest.FromString(encoder.encode(large))
-    second = service_pb2.ModelInferRequest.FromString(encoder.encode(small))
+    first = service_pb2.ModelInferRequest.FromString(encoder.encode(large).request)
+    second = service_pb2.ModelInferRequest.FromString(encoder.encode(small).request)
     assert list(first.inputs[0].shape) == [5, SIDE, SIDE, 3]
     assert list(second.inputs[0].shape) == [2, SIDE, SIDE, 3]
     assert len(second.raw_input_contents[0]) == small.nbytes
+
+
+def test_parts_are_sent_as_one_tensor_and_read_back_without_a_copy() -> None:
+    rng = np.random.default_rng(3)
+    whole = rng.standard_normal((7, SIDE, SIDE, 3)).astype(np.float32)
+    encoder = _encoder()
+    joined = encoder.encode_parts([whole[:3], whole[3:4], whole[4:]])
+    assert joined.request == encoder.encode(whole).request
+    assert len(joined) == 7 and joined.shape == whole.shape
+    view = joined.array()
+    np.testing.assert_array_equal(view, whole)
+    assert np.shares_memory(view, np.frombuffer(joined.request, np.uint8))
+    assert not view.flags.writeable
+    alone = joined.one(5)
+    assert alone.request == encoder.encode(whole[5:6]).request
+
+
+def test_parts_of_another_type_or_shape_are_refused() -> None:
+    encoder = _encoder()
+    with pytest.raises(ValueError, match="float32 of one image shape"):
+        encoder.encode_parts([np.zeros((1, SIDE, SIDE, 3), np.float64)])
+    with pytest.raises(ValueError, match="float32 of one image shape"):
+        encoder.encode_parts(
+            [np.zeros((1, SIDE, SIDE, 3), np.float32), np.zeros((1, 8, 8, 3), np.float32)]
+        )
 
 
 def test_a_tensor_that_is_not_contiguous_is_refused() -> None:

@@ -55,6 +55,20 @@ def test_batch_equals_single_and_pads_to_buckets(pre: Preprocessor) -> None:
     assert pre.bucket_for(3) == 4
 
 
+def test_chunks_are_read_only_views_of_one_bucket_call_each(pre: Preprocessor) -> None:
+    """``chunks`` hands out JAX's own output buffers, one per call of the largest bucket at
+    most, without a copy; copied and joined they are the batch ``__call__`` returns, and every
+    chunk stays intact while later ones are computed on the same reused canvas."""
+    squares = [fit_to_canvas(img, 512) for img in _photos()] * 2 + [
+        fit_to_canvas(_photos()[0], 512)
+    ]
+    chunks = list(pre.chunks(squares))
+    assert [len(c) for c in chunks] == [4, 4, 1]
+    assert all(not c.flags.writeable and not c.flags.owndata for c in chunks)
+    np.testing.assert_array_equal(np.concatenate(chunks), pre(squares))
+    np.testing.assert_array_equal(chunks[0], chunks[1])
+
+
 @pytest.mark.parametrize("side", [256, 259, 300, 511])
 def test_pixels_left_on_the_reused_canvas_are_never_read(pre: Preprocessor, side: int) -> None:
     """The canvas is reused between calls: a small square after a large bright one (whose
