@@ -37,13 +37,16 @@ def enable_compilation_cache(directory: Path | None) -> None:
 
 
 class _MainThreadGc:
-    """jaxlib's garbage-collection hook, run only on the main thread.
+    """jaxlib's garbage-collection hook, run by the main thread at its next preprocessing call.
 
-    jax registers ``_xla_gc_callback`` in ``gc.callbacks`` (it frees XLA buffers held by
-    reference cycles). Python runs GC callbacks on whichever thread allocates when a collection
-    starts, so the I/O and inference threads would call into jaxlib. This wrapper replaces the
-    hook: on the main thread it runs it; elsewhere it only notes that a collection happened, and
-    the main thread runs the hook at its next preprocessing call (``run_pending``).
+    jax registers ``_xla_gc_callback`` in ``gc.callbacks``: after a collection it releases the
+    Python objects whose release jaxlib had to defer. Python runs GC callbacks on whichever
+    thread allocates when a collection starts, so the I/O and inference threads would call into
+    jaxlib; and on the main thread it ran twice per collection (start and stop), young
+    collections included: 0.17 ms of main-thread CPU per image in the consumer-bound run. This
+    wrapper replaces the hook: a collection, on any thread, only notes that one happened, and
+    the main thread runs the hook once at its next preprocessing call (``run_pending``), when it
+    is about to use jaxlib anyway.
     """
 
     def __init__(self, hook: Callable[[Literal["start", "stop"], dict[str, int]], object]) -> None:
@@ -51,9 +54,7 @@ class _MainThreadGc:
         self.pending = threading.Event()
 
     def __call__(self, phase: Literal["start", "stop"], info: dict[str, int]) -> None:
-        if threading.current_thread() is threading.main_thread():
-            self.hook(phase, info)
-        else:
+        if phase == "stop":
             self.pending.set()
 
     def run_pending(self) -> None:
