@@ -14,7 +14,6 @@ and ``--max-rows-in-flight`` bounds those (see docs/architecture.md).
 from __future__ import annotations
 
 import queue
-import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -25,7 +24,6 @@ if TYPE_CHECKING:
     from confluent_kafka import KafkaError
 
     from consumer.engine.deadletters import DeadLetterJob
-    from consumer.engine.runtime import Clock
     from consumer.sink import WriteResult
 
 PartitionKey = tuple[str, int]
@@ -139,23 +137,13 @@ Event = (
 
 
 class Events:
-    """The one way back to the main thread: ``put`` from any thread, ``take`` on the main one;
-    ``wait`` lets the main thread sleep until something is put."""
+    """The one way back to the main thread: ``put`` from any thread, ``take`` on the main one."""
 
     def __init__(self) -> None:
         self._queue: queue.SimpleQueue[Event] = queue.SimpleQueue()
-        self._put = threading.Event()
 
     def put(self, event: Event) -> None:
         self._queue.put(event)
-        self._put.set()
-
-    def wait(self, clock: Clock, seconds: float) -> None:
-        """Main thread: return once an event is waiting, at once if one is, or after
-        ``seconds``. (Cleared before the check: a ``put`` between the two is not missed.)"""
-        self._put.clear()
-        if self._queue.empty():
-            clock.wait(self._put, seconds)
 
     def take(self) -> Event | None:
         """The next event, or None when there is none now (never blocks)."""

@@ -341,12 +341,8 @@ class Engine:
         if budget < 1:
             self._clock.sleep(min(s.poll_timeout_s, self._flow.limiter.wait_s()))
             return self._fatal is None
-        if self._nothing_to_poll():
-            self._events.wait(self._clock, self._event_wait_s())
-            timeout = 0.0  # the poll only serves the group's callbacks
-        else:
-            busy = self._stages is not None and self._stages.busy
-            timeout = 0.005 if busy else s.poll_timeout_s
+        busy = self._stages is not None and self._stages.busy
+        timeout = 0.005 if busy else s.poll_timeout_s
         room = self._flow.room(in_flight)
         messages = consumer.consume(num_messages=min(budget, room), timeout=timeout)
         if (line := self._auth_watch.fatal()) is not None and self._fatal is None:
@@ -365,27 +361,6 @@ class Engine:
             self._reached_end = True
             return False
         return True
-
-    def _nothing_to_poll(self) -> bool:
-        """No record can come from a poll now: the partitions are paused at the rows-in-flight
-        cap, or a bounded run has read every assigned partition to its end. The main thread
-        then sleeps until a worker's event rather than waking every few milliseconds to poll:
-        on a 2-core virtual machine each timed wake costs it 30-100 µs of CPU."""
-        if self._flow.paused:
-            return True
-        return (
-            self._bounded and self._assignments.any_assigned() and not self._assignments.unreached()
-        )
-
-    def _event_wait_s(self) -> float:
-        """How long the main thread may sleep for an event: until a partial batch is due, at
-        most the poll timeout (the group's callbacks, commits), a few milliseconds while dead
-        letters wait for their delivery reports (served by polling the producer)."""
-        wait = self.settings.poll_timeout_s
-        if self._router is not None and self._router.pending:
-            wait = min(wait, 0.005)
-        due = self._stages.dispatch_due_in() if self._stages is not None else None
-        return wait if due is None else min(wait, due)
 
     def _bounded_run_complete(self) -> bool:
         """Every assigned partition read to its end, finished and committed, and the group's

@@ -172,17 +172,6 @@ class Stages:
             self._ready_since = self._clock.monotonic()
         self._ready.append(item)
 
-    def dispatch_due_in(self) -> float | None:
-        """Seconds until ``dispatch`` would send a partial batch that is waiting for more
-        decoded images (main thread); None when no such batch waits, or when the inference
-        pool is full (a task's end, an event, is what lets the next batch go then)."""
-        if not self._ready or not self._fetching or len(self._ready) >= self._batch_size:
-            return None
-        if self._infer_in_flight >= self._infer_limit:
-            return None
-        waited = self._clock.monotonic() - self._ready_since
-        return max(0.001, READY_MAX_WAIT_S - waited)  # past due by a hair: the next step sends
-
     # --- preprocessing (main thread) and dispatch ------------------------------------------
     def dispatch(self) -> None:
         """Preprocess whole micro-batches on the main thread and hand them to the inference
