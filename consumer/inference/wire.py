@@ -97,10 +97,9 @@ class RequestEncoder:
                 raise ValueError("the request's parts must be float32 of one image shape")
         shape = (sum(int(part.shape[0]) for part in parts), *first.shape[1:])
         nbytes = sum(part.nbytes for part in parts)
-        header = self._header(shape)
-        prefix = b"".join((header, _RAW_INPUT_TAG, _varint(nbytes)))
-        request = b"".join((prefix, *(part.data.cast("B") for part in parts)))
-        return EncodedRequest(request, len(prefix), shape, self)
+        header, length = self._header(shape), _varint(nbytes)
+        request = b"".join((header, _RAW_INPUT_TAG, length, *(p.data.cast("B") for p in parts)))
+        return EncodedRequest(request, len(header) + len(_RAW_INPUT_TAG) + len(length), shape, self)
 
 
 @dataclass(frozen=True)

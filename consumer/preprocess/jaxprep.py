@@ -184,8 +184,8 @@ class Preprocessor:
         if not squares:
             _check_main_thread()
             return np.zeros((0, contract.CROP_PX, contract.CROP_PX, 3), np.float32)
-        outputs = [np.array(view, copy=True) for view in self.chunks(squares)]
-        return outputs[0] if len(outputs) == 1 else np.concatenate(outputs)
+        views = list(self.chunks(squares))
+        return np.array(views[0], copy=True) if len(views) == 1 else np.concatenate(views)
 
     def chunks(self, squares: Sequence[np.ndarray]) -> Iterator[np.ndarray]:
         """The micro-batch's output chunk by chunk (one call of a compiled bucket each):
