@@ -103,6 +103,7 @@ def crash_scenario(
         assert restart.wait() == 0, restart.log_tail()
     durable.close()
     sampler.check(min_committed=1)
+    sampler.check_commits(crashed, restart)
     assert_upserts_only(crashed, restart)
     summary = restart.summary()
     uncommitted = {m for m, (p, off) in positions.items() if off >= committed.get(p, 0)}
@@ -128,7 +129,8 @@ def test_kill_after_a_commit_at_each_point_then_restart_loses_nothing(
     """Pass: the crash hook fired at ``point`` (marker file) after at least one commit and the
     process died of SIGKILL mid-stream (0 < committed < messages); a sampler reading the
     committed offsets every 0.1 s during both runs never saw an offset whose message was not
-    in Milvus; after ``after_upsert`` some acknowledged rows were uncommitted; every write sent
+    in Milvus, and no commit either run sent named a message whose write Milvus had not yet
+    acknowledged; after ``after_upsert`` some acknowledged rows were uncommitted; every write sent
     was an upsert; the restart sends only uncommitted messages, each once, every one not
     written before the kill among them, and accounts for each uncommitted message once;
     afterwards every id is in Milvus once and the group is committed to the end."""

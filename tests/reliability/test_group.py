@@ -165,6 +165,7 @@ def group_scenario(
         assert c.wait() == 0, c.log_tail()
     durable.close()
     sampler.check(min_committed=len(ids))
+    sampler.check_commits(a, b, c)
 
     members = (a, b, c)
     assert_upserts_only(*members)

@@ -107,6 +107,7 @@ def milvus_outage_scenario(
         )
     durable.close()
     sampler.check(min_committed=len(ids))
+    sampler.check_commits(proc)
     committed_in_outage = sum(during.values())
     acked_in_outage = sum(1 for m in at_stop if m in positions)
     assert committed_in_outage <= acked_in_outage, (during, len(at_stop))
@@ -225,6 +226,7 @@ def broker_outage_scenario(
     if mutant:
         proc.assert_mutant_applied()
     sampler.check(min_committed=len(ids))
+    sampler.check_commits(proc)
     assert at_stop < 16, "the broker stopped after every message was processed"
     events = [c["op"] for c in proc.calls() if c["op"] in ("assign", "revoke", "lost")]
     print(f"rebalance events: {events}")
@@ -346,6 +348,7 @@ def triton_outage_scenario(
         durable.close()
         # no offset moved past a request stuck at Triton: every committed one was written
         sampler.check(min_committed=len(ids))
+        sampler.check_commits(proc)
     finally:
         proxy.stop()
     summary = proc.summary()

@@ -94,6 +94,7 @@ def test_sigterm_mid_batch_commits_what_was_processed_and_restart_repeats_nothin
             assert "drain timed out" not in first.log_path.read_text()
         durable.close()
         sampler.check(min_committed=1)
+        sampler.check_commits(first)
     finally:
         slow.stop()
 
@@ -230,6 +231,7 @@ def stop_scenario(
             assert restart.wait() == 0, restart.log_tail()
         durable.close()
         sampler.check(min_committed=1)
+        sampler.check_commits(first, restart)
     finally:
         release.set()
         held.stop()

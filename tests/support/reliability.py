@@ -592,6 +592,15 @@ def assert_written_once_per_ingest(proc: ConsumerProcess) -> None:
     )
 
 
+def dead_lettered_positions(bootstrap: str, topic: str) -> set[tuple[int, int]]:
+    """The (partition, offset) of every message of ``topic`` in its dead-letter topic now."""
+    return {
+        (int(r.headers["source.partition"]), int(r.headers["source.offset"]))
+        for r in read_topic(bootstrap, f"{topic}.dlq")
+        if r.headers.get("source.topic") == topic
+    }
+
+
 @dataclass
 class CommitViolation:
     sample: int
@@ -639,11 +648,7 @@ class CommitSampler:
 
     def _dead_lettered(self, part: int, off: int) -> bool:
         if (part, off) not in self._dead:
-            for rec in read_topic(self.bootstrap, f"{self.topic}.dlq"):
-                if rec.headers.get("source.topic") == self.topic:
-                    self._dead.add(
-                        (int(rec.headers["source.partition"]), int(rec.headers["source.offset"]))
-                    )
+            self._dead |= dead_lettered_positions(self.bootstrap, self.topic)
         return (part, off) in self._dead
 
     def sample_once(self, reader: Consumer) -> None:
@@ -710,6 +715,39 @@ class CommitSampler:
             for v in self.violations[:5]
         )
 
+    def check_commits(self, *procs: ConsumerProcess) -> None:
+        """Every commit the processes made names only messages whose write Milvus had
+        acknowledged before it (to any of them) or that are dead-lettered. Read from what was
+        sent, at every commit: no sampling window, so a commit ahead of durable writes fails
+        however briefly it was ahead.
+
+        Sound for a correct consumer: the launcher records a write once Milvus acknowledged it,
+        before the writer reports it, and a commit once the broker acknowledged it, so a write
+        that a commit depends on is recorded first. Processes' calls are merged by their
+        timestamps (one machine, one clock), each process's own order kept.
+        """
+        calls = sorted((c for proc in procs for c in _named_calls(proc)), key=lambda c: c[1]["t"])
+        acked: set[str] = set()
+        checked: dict[int, int] = {}  # partition -> every offset below it was verified
+        for name, call in calls:
+            if call["op"] in ("upsert", "insert", "delete"):
+                acked.update(call["ids"])
+            elif call["op"] == "commit":
+                for topic, part, end in call["offsets"]:
+                    if topic == self.topic:
+                        self._check_commit(name, part, end, checked.get(part, 0), acked)
+                        checked[part] = max(checked.get(part, 0), end)
+
+    def _check_commit(self, proc: str, part: int, end: int, start: int, acked: set[str]) -> None:
+        for off in range(start, end):
+            msg_id = self.by_position.get((part, off))
+            if msg_id is not None and msg_id in acked:
+                continue
+            assert self._dead_lettered(part, off), (
+                f"COMMITTED BEFORE DURABLE: {proc} committed {part}:{end}, past {part}:{off} "
+                f"({msg_id}) before Milvus acknowledged its write"
+            )
+
     def check(self, *, min_committed: int = 1) -> None:
         """No violation; enough samples; at least ``min_committed`` offsets seen committed."""
         self.check_violations()
@@ -719,6 +757,15 @@ class CommitSampler:
             f"the sampler saw {seen} committed offsets, wanted {min_committed} "
             f"({self.samples} samples, errors {self.errors[-3:]})"
         )
+
+
+def _named_calls(proc: ConsumerProcess) -> list[tuple[str, dict[str, Any]]]:
+    """The process's calls with its log's name, bookkeeping collections' writes left out."""
+    return [
+        (proc.log_path.name, c)
+        for c in proc.calls()
+        if not str(c.get("collection") or "").endswith("_tombstones")
+    ]
 
 
 class MilvusIds:
