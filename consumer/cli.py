@@ -132,6 +132,9 @@ def run(
     infer_batch_size: Annotated[int | None, typer.Option("--infer-batch-size")] = None,
     io_threads: Annotated[int | None, typer.Option("--io-threads")] = None,
     io_nice: Annotated[int | None, typer.Option("--io-nice")] = None,
+    malloc_arenas: Annotated[
+        int | None, typer.Option("--malloc-arenas", help="glibc malloc arenas (0: its default)")
+    ] = None,
     max_rows_in_flight: Annotated[int | None, typer.Option("--max-rows-in-flight")] = None,
     flush_interval_s: Annotated[float | None, typer.Option("--flush-interval-s")] = None,
     kafka_config: Annotated[
@@ -210,6 +213,7 @@ def run(
         infer_batch_size=infer_batch_size,
         io_threads=io_threads,
         io_nice=io_nice,
+        malloc_arenas=malloc_arenas,
         max_rows_in_flight=max_rows_in_flight,
         flush_interval_s=flush_interval_s,
         kafka_config=kafka_config,
@@ -227,6 +231,9 @@ def run(
         log_level=log_level,
     )
     _configure_logging(s)
+    from consumer.engine.wiring import limit_malloc_arenas
+
+    limit_malloc_arenas(s.malloc_arenas)  # before JAX, gRPC and librdkafka start their threads
     from consumer.engine import Engine, EngineFatalError, RunOutcome
     from consumer.observability import HealthServer, Metrics, get_logger
 

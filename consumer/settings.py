@@ -211,6 +211,11 @@ class Settings(BaseSettings):
     #: rows in flight; the main thread's dispatch and the inference threads do not, and on a
     #: busy core they keep the model fed only if they win the CPU when they are runnable.
     io_nice: int = Field(default=10, ge=0, le=19)
+    #: The C library's malloc arenas (glibc; 0 = its default of 8 per core). Each thread that
+    #: allocates under contention gets an arena of its own, and each keeps the memory freed in
+    #: it: the I/O threads' decoded images stay resident in up to 16 arenas on 2 cores, 128 on
+    #: 16. Two measured 740 -> 626 MiB peak on the 50 000 backlog, the rate unchanged.
+    malloc_arenas: int = Field(default=2, ge=0, le=1024)
 
     # --- engine -----------------------------------------------------------------------------
     max_rows_in_flight: int = Field(default=256, ge=1)

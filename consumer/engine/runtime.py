@@ -107,9 +107,13 @@ class Runtime:
 
     @classmethod
     def system(cls, settings: Settings) -> Runtime:
-        """The real one: the system clock, an unseeded random source, daemon pools."""
+        """The real one: the system clock, an unseeded random source, daemon pools; the
+        process's malloc arenas capped first (``settings.malloc_arenas``), before any pool
+        thread allocates."""
         from consumer.engine.pool import DaemonPool
-        from consumer.engine.wiring import lower_thread_priority
+        from consumer.engine.wiring import limit_malloc_arenas, lower_thread_priority
+
+        limit_malloc_arenas(settings.malloc_arenas)
 
         return cls(
             clock=SystemClock(),

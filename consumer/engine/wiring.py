@@ -6,7 +6,9 @@ engine, ``search`` (``consumer/query.py``) and the benchmarks, so none of them i
 
 from __future__ import annotations
 
+import ctypes
 import os
+import platform
 import sys
 import threading
 from collections.abc import Callable
@@ -162,6 +164,20 @@ def lower_thread_priority(niceness: int) -> None:
         )
     except OSError as exc:  # e.g. a seccomp profile that forbids it: run as we are
         log.warning("could not lower the I/O threads' priority", error=str(exc))
+
+
+def limit_malloc_arenas(count: int) -> bool:
+    """Cap glibc's malloc arenas at ``count`` for the whole process (0: leave its default).
+
+    Left alone where the operator chose already (``MALLOC_ARENA_MAX`` or an ``arena_max`` in
+    ``GLIBC_TUNABLES``) and where the C library is not glibc. Call it before the pools start:
+    arenas made before the cap stay. Returns whether the cap was set.
+    """
+    chosen = "MALLOC_ARENA_MAX" in os.environ or "arena_max" in os.environ.get("GLIBC_TUNABLES", "")
+    if count <= 0 or chosen or platform.libc_ver()[0] != "glibc":
+        return False
+    m_arena_max = -8  # <malloc.h>
+    return bool(ctypes.CDLL(None).mallopt(m_arena_max, count))
 
 
 def now_iso() -> str:
