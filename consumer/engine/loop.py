@@ -341,8 +341,12 @@ class Engine:
         if budget < 1:
             self._clock.sleep(min(s.poll_timeout_s, self._flow.limiter.wait_s()))
             return self._fatal is None
-        busy = self._stages is not None and self._stages.busy
-        timeout = 0.005 if busy else s.poll_timeout_s
+        if self._nothing_to_poll():
+            self._wait_for_work()
+            timeout = 0.0  # the poll only serves the group's callbacks now
+        else:
+            busy = self._stages is not None and self._stages.busy
+            timeout = 0.005 if busy else s.poll_timeout_s
         room = self._flow.room(in_flight)
         messages = consumer.consume(num_messages=min(budget, room), timeout=timeout)
         if (line := self._auth_watch.fatal()) is not None and self._fatal is None:
@@ -361,6 +365,31 @@ class Engine:
             self._reached_end = True
             return False
         return True
+
+    def _nothing_to_poll(self) -> bool:
+        """No record can come from a poll now: the partitions are paused at the rows-in-flight
+        cap, or a bounded run has read every assigned partition to its end."""
+        if self._flow.paused:
+            return True
+        return (
+            self._bounded and self._assignments.any_assigned() and not self._assignments.unreached()
+        )
+
+    def _wait_for_work(self) -> None:
+        """Sleep until an event lets the main thread act (a task's end, a write, enough decoded
+        images for a batch), a partial batch is due, or the poll timeout passes (the group's
+        callbacks, commits); a few milliseconds while dead letters wait for their delivery
+        reports (served by polling the producer). Polling every 5 ms instead cost the main
+        thread more CPU than all its other work on a busy core."""
+        stages, router = self._stages, self._router
+        assert stages is not None and router is not None
+        wait = self.settings.poll_timeout_s
+        if router.pending:
+            wait = min(wait, 0.005)
+        due = stages.dispatch_due_in()
+        if due is not None:
+            wait = min(wait, due)
+        self._events.wait(self._clock, wait, fetched_enough=stages.fetched_to_act())
 
     def _bounded_run_complete(self) -> bool:
         """Every assigned partition read to its end, finished and committed, and the group's

@@ -10,6 +10,7 @@ touch the engine's state: what they find goes back as events (``consumer.engine.
 from __future__ import annotations
 
 import random
+import sys
 import threading
 import time
 from collections import deque
@@ -60,6 +61,9 @@ log = get_logger("consumer.engine")
 
 #: A partial batch waits at most this long for more decoded images while fetches are running.
 READY_MAX_WAIT_S = 0.02
+
+#: ``fetched_to_act`` when no number of decoded images lets a batch go.
+NEVER = sys.maxsize
 
 
 class Stages:
@@ -171,6 +175,26 @@ class Stages:
         if not self._ready:
             self._ready_since = self._clock.monotonic()
         self._ready.append(item)
+
+    def dispatch_due_in(self) -> float | None:
+        """Seconds until ``dispatch`` would send the partial batch that waits for more decoded
+        images (main thread); None when none waits or the inference pool is full (then a
+        task's end, an event, is what lets the next batch go)."""
+        if not self._ready or not self._fetching or len(self._ready) >= self._batch_size:
+            return None
+        if self._infer_in_flight >= self._infer_limit:
+            return None
+        waited = self._clock.monotonic() - self._ready_since
+        return max(0.001, READY_MAX_WAIT_S - waited)  # past due by a hair: the next step sends
+
+    def fetched_to_act(self) -> int:
+        """How many more decoded images would let ``dispatch`` send (main thread): the rest of
+        a batch, or every running fetch when fewer are running; ``NEVER`` while the inference
+        pool is full or nothing is being fetched."""
+        if self._infer_in_flight >= self._infer_limit or not self._fetching:
+            return NEVER
+        missing = self._batch_size - len(self._ready)
+        return NEVER if missing <= 0 else min(missing, self._fetching)
 
     # --- preprocessing (main thread) and dispatch ------------------------------------------
     def dispatch(self) -> None:

@@ -55,6 +55,10 @@ SPEC = ModelSpec(
 )
 
 
+#: How finely a simulated wait notices that its event was set (virtual seconds).
+WAIT_STEP_S = 0.005
+
+
 class SimClock:
     """The engine's ``Clock`` on virtual time: ``wait`` passes time instead of blocking."""
 
@@ -71,8 +75,14 @@ class SimClock:
         self._clock.sleep(seconds)
 
     def wait(self, event: threading.Event, seconds: float | None) -> bool:
-        if not event.is_set() and seconds:
-            self._clock.sleep(seconds)
+        """Pass time until ``event`` is set or ``seconds`` have passed, in steps of at most
+        ``WAIT_STEP_S``: a wait of the main thread ends soon after a task sets it, as a real
+        wait ends when the event is set."""
+        remaining = seconds or 0.0
+        while not event.is_set() and remaining > 0:
+            step = min(remaining, WAIT_STEP_S)
+            self._clock.sleep(step)
+            remaining -= step
         return event.is_set()
 
 
