@@ -107,13 +107,11 @@ class Runtime:
 
     @classmethod
     def system(cls, settings: Settings) -> Runtime:
-        """The real one: the system clock, an unseeded random source, daemon pools; the
-        process's malloc arenas capped first (``settings.malloc_arenas``), before any pool
-        thread allocates."""
+        """The real one: the system clock, an unseeded random source, daemon pools. (The
+        process's malloc arenas are capped by ``consumer run`` before any library's threads
+        start: ``wiring.limit_malloc_arenas``.)"""
         from consumer.engine.pool import DaemonPool
-        from consumer.engine.wiring import limit_malloc_arenas, lower_thread_priority
-
-        limit_malloc_arenas(settings.malloc_arenas)
+        from consumer.engine.wiring import lower_thread_priority
 
         return cls(
             clock=SystemClock(),

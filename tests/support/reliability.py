@@ -130,8 +130,7 @@ class ConsumerProcess:
         return [
             c
             for c in self.calls()
-            if c["op"] in ("upsert", "insert", "delete")
-            and not str(c.get("collection") or "").endswith("_tombstones")
+            if c["op"] in ("upsert", "insert", "delete") and not _bookkeeping(c)
         ]
 
     def upserted_ids(self) -> list[str]:
@@ -761,11 +760,12 @@ class CommitSampler:
 
 def _named_calls(proc: ConsumerProcess) -> list[tuple[str, dict[str, Any]]]:
     """The process's calls with its log's name, bookkeeping collections' writes left out."""
-    return [
-        (proc.log_path.name, c)
-        for c in proc.calls()
-        if not str(c.get("collection") or "").endswith("_tombstones")
-    ]
+    return [(proc.log_path.name, c) for c in proc.calls() if not _bookkeeping(c)]
+
+
+def _bookkeeping(call: dict[str, Any]) -> bool:
+    """A write to a bookkeeping collection (the tombstones), not to the rows' collection."""
+    return str(call.get("collection") or "").endswith("_tombstones")
 
 
 class MilvusIds:

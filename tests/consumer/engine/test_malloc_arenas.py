@@ -1,4 +1,5 @@
-"""The process's malloc arenas are capped before the pools' threads allocate (glibc).
+"""The process's malloc arenas are capped (``consumer run`` does it before any library's
+threads start) and the pools' threads then share them (glibc).
 
 Each case runs in a child process: the cap is process-wide and cannot be undone. The child's
 arenas are counted from glibc's own ``malloc_info`` report (one ``<heap nr=...>`` per arena).
@@ -22,10 +23,12 @@ CHILD = textwrap.dedent(
     """
     import ctypes, sys, tempfile, threading
     from consumer.engine.runtime import Runtime
+    from consumer.engine.wiring import limit_malloc_arenas
     from consumer.settings import Settings
 
-    arenas = int(sys.argv[1])
-    runtime = Runtime.system(Settings(malloc_arenas=arenas, io_threads=8))
+    settings = Settings(malloc_arenas=int(sys.argv[1]), io_threads=8)
+    limit_malloc_arenas(settings.malloc_arenas)  # as ``consumer run`` does, before any pool
+    runtime = Runtime.system(settings)
     ready = threading.Barrier(8)
 
     def work():
