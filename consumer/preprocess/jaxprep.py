@@ -123,6 +123,8 @@ def _build(canvas_px: int) -> Any:  # a jitted function: jax types it loosely
     if contract.INTERPOLATION not in ("bilinear", "linear"):
         raise ValueError(f"no sparse filter for {contract.INTERPOLATION!r} interpolation")
 
+    barrier: Any = jax.lax.optimization_barrier  # untyped in jax
+
     def one(image: jnp.ndarray, side: jnp.ndarray) -> jnp.ndarray:
         index, weight = _filter_taps(side, canvas_px)
         # columns first, straight from the uint8 canvas: [canvas, crop, 3]
@@ -130,6 +132,9 @@ def _build(canvas_px: int) -> Any:  # a jitted function: jax types it loosely
         for tap in range(index.shape[1]):
             gathered = image[:, index[:, tap]].astype(jnp.float32)
             cols = cols + gathered * weight[None, :, tap, None]
+        # Kept as an array: fused into the rows pass, XLA would recompute every column tap for
+        # every row tap (16 gathers per output value instead of 4 + 4 per axis).
+        cols = barrier(cols)
         # then rows: [crop, crop, 3]
         out = jnp.zeros((crop, crop, 3), jnp.float32)
         for tap in range(index.shape[1]):
@@ -137,7 +142,23 @@ def _build(canvas_px: int) -> Any:  # a jitted function: jax types it loosely
         out = jnp.clip(out, 0.0, 255.0)
         return out * scale_px + shift
 
-    return jax.jit(jax.vmap(one))
+    def padding(image: jnp.ndarray, side: jnp.ndarray) -> jnp.ndarray:
+        return jnp.zeros((crop, crop, 3), jnp.float32)
+
+    def each(pair: tuple[jnp.ndarray, jnp.ndarray]) -> Any:  # lax.cond is typed loosely
+        image, side = pair
+        return jax.lax.cond(side > 0, one, padding, image, side)
+
+    def batch(images: jnp.ndarray, sides: jnp.ndarray) -> Any:  # so is lax.map
+        # One image at a time (a loop inside the compiled function, not ``vmap``): each
+        # image's canvas and intermediate stay in the core's cache while both passes run over
+        # them, and a bucket's padding (side 0) costs nothing. Measured on the consumer's
+        # core: a full bucket 3.5 -> 1.75 ms of CPU per image against the vectorized batch;
+        # 2 images in a bucket of 8, 15.5 -> 5.0 ms per call. The same numbers to float32
+        # rounding.
+        return jax.lax.map(each, (images, sides))
+
+    return jax.jit(batch)
 
 
 class Preprocessor:
@@ -202,7 +223,7 @@ class Preprocessor:
             chunk = squares[start : start + largest]
             bucket = self.bucket_for(len(chunk))
             canvas = self._canvas(bucket)
-            sides = np.full((bucket,), contract.RESIZE_SHORTER_PX, np.int32)
+            sides = np.zeros((bucket,), np.int32)  # side 0: padding, skipped by the kernel
             for i, square in enumerate(chunk):
                 side = square.shape[0]
                 if side > self.canvas_px or square.shape[1] != side:
