@@ -70,7 +70,7 @@ class _Handler(BaseHTTPRequestHandler):
         proxy = self.server.proxy
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
-        fault = proxy.take_fault(self.command, self.path)
+        fault = proxy.take_fault(self.command, self.path, dict(self.headers.items()))
         if fault is not None and fault.kind in ("slowdown", "status"):
             payload = s3_error_body(fault.code, "injected by the fault proxy")
             self.send_response(fault.status)
@@ -140,6 +140,8 @@ class HttpFaultProxy:
         self.stopping = threading.Event()  # set by stop(): slow bodies end at once
         #: ``(method, raw request target)`` of every request received, in order.
         self.requests: list[tuple[str, str]] = []
+        #: The headers of every request received, in the same order (names lower-cased).
+        self.headers: list[dict[str, str]] = []
         self._server = _Server(("127.0.0.1", listen_port), _Handler)
         self._server.proxy = self
         self.port = int(self._server.server_address[1])
@@ -174,10 +176,14 @@ class HttpFaultProxy:
         with self._lock:
             self._faults.clear()
             self.requests.clear()
+            self.headers.clear()
 
-    def take_fault(self, method: str, path: str) -> Fault | None:
+    def take_fault(
+        self, method: str, path: str, headers: dict[str, str] | None = None
+    ) -> Fault | None:
         with self._lock:
             self.requests.append((method, path))
+            self.headers.append({k.lower(): v for k, v in (headers or {}).items()})
             for fault in self._faults:
                 if fault.match in path and (fault.times is None or fault.applied < fault.times):
                     fault.applied += 1

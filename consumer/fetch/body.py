@@ -1,21 +1,25 @@
-"""What the http(s) and s3 downloads share: the retry loop and reading a response body.
+"""What the http(s) and s3 downloads share: the retry loop, sending a GET, reading a body.
 
-Both read through urllib3 (ours for http(s), botocore's for s3), so a body is read the same
-way: in one ``read(n)`` of its declared length, bounded in bytes before the first byte is read,
-and in time by the :class:`~consumer.fetch.watchdog.Watchdog` (the read is one call, so the
-total deadline is enforced by cutting the socket, not by checks between reads). A body of
-unknown length, or one to inflate, is read in chunks under the same limits.
+Both send on urllib3 pools (:func:`send_get` turns urllib3's failures into fetch errors, the
+ones that may pass marked :class:`Transient`), and a body is read the same way: in one
+``read(n)`` of its declared length, bounded in bytes before the first byte is read, and in time
+by the :class:`~consumer.fetch.watchdog.Watchdog` (the read is one call, so the total deadline is
+enforced by cutting the socket, not by checks between reads). A body of unknown length, or one
+to inflate, is read in chunks under the same limits.
 """
 
 from __future__ import annotations
 
 import math
+import ssl
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Final, Protocol
 
+import urllib3
 import urllib3.exceptions
+from urllib3.connectionpool import HTTPConnectionPool
 
 from consumer.backoff import Backoff
 from consumer.fetch.exceptions import FetchError, FetchFailed, FetchTimeout, TooLarge
@@ -79,6 +83,85 @@ class Attempts:
         if retry_after_s is not None:
             delay = max(delay, min(retry_after_s, self._policy.max_retry_after_s))
         return delay
+
+
+def request_timeout(policy: FetchPolicy, deadline: float) -> urllib3.Timeout:
+    """Connect and read timeouts for one request, neither past ``deadline``."""
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise FetchTimeout(f"total timeout of {policy.total_timeout_s:g} s passed")
+    connect = min(policy.connect_timeout_s, remaining)
+    read = min(policy.read_timeout_s, remaining)
+    return urllib3.Timeout(connect=connect, read=read)
+
+
+def send_get(
+    pool: HTTPConnectionPool,
+    target: str,
+    *,
+    headers: Mapping[str, str],
+    timeout: urllib3.Timeout,
+    shown: str,
+    what: str = "",
+) -> urllib3.BaseHTTPResponse:
+    """One GET of ``target`` (a path and query, sent as written) on ``pool``: status and headers.
+
+    The body is left to read. No redirect is followed and nothing is retried here. Raises
+    :class:`Transient` for what may pass (cannot connect, timeouts, a dropped connection) and
+    :class:`FetchFailed` for a TLS certificate that does not verify; ``what`` prefixes the
+    messages (``"s3 "``).
+    """
+    try:
+        return pool.urlopen(
+            "GET",
+            target,
+            headers=dict(headers),
+            timeout=timeout,
+            retries=False,
+            redirect=False,
+            assert_same_host=False,
+            preload_content=False,
+            decode_content=False,
+        )
+    except urllib3.exceptions.NewConnectionError as exc:  # first: it is a ConnectTimeoutError too
+        raise Transient(FetchFailed(f"{what}cannot connect ({_reason(exc)}) for {shown}")) from None
+    except urllib3.exceptions.ConnectTimeoutError:
+        raise Transient(FetchTimeout(f"{what}connect timeout for {shown}")) from None
+    except urllib3.exceptions.ReadTimeoutError:
+        raise Transient(FetchTimeout(f"{what}read timeout for {shown}")) from None
+    except urllib3.exceptions.SSLError as exc:
+        if caused_by(exc, ssl.SSLCertVerificationError):
+            raise FetchFailed(f"{what}TLS certificate verification failed for {shown}") from None
+        raise Transient(FetchFailed(f"{what}TLS error for {shown}")) from None
+    except urllib3.exceptions.ProtocolError:
+        raise Transient(FetchFailed(f"{what}protocol error from the server for {shown}")) from None
+    except urllib3.exceptions.HTTPError as exc:
+        raise Transient(FetchFailed(f"{what}{type(exc).__name__} for {shown}")) from None
+
+
+def finish(resp: urllib3.BaseHTTPResponse) -> None:
+    """Give the connection back: kept alive when its body was read, closed otherwise."""
+    if resp.connection is not None:
+        resp.close()
+    resp.release_conn()
+
+
+def _reason(exc: urllib3.exceptions.NewConnectionError) -> str:
+    """What urllib3's connection error says, without the connection object it names."""
+    text = str(exc)
+    return text.split(": ", 1)[1][:120] if ": " in text else "cannot connect"
+
+
+def caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
+    """Whether ``kind`` is anywhere in ``exc``'s chain of causes."""
+    seen: BaseException | None = exc
+    for _ in range(10):
+        if seen is None:
+            return False
+        if isinstance(seen, kind):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 class Body(Protocol):

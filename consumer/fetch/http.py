@@ -19,22 +19,21 @@ from typing import Final
 from urllib.parse import parse_qsl, unquote, urljoin, urlsplit
 
 import urllib3
-from urllib3.exceptions import (
-    ConnectTimeoutError,
-    HTTPError,
-    LocationParseError,
-    NewConnectionError,
-    ProtocolError,
-    ReadTimeoutError,
-    SSLError,
-)
+from urllib3.exceptions import HTTPError, LocationParseError
 from urllib3.util import Url, make_headers, parse_url
 
 from consumer.fetch.addresses import AddressGuard, parse_numeric_host
-from consumer.fetch.body import Attempts, BodyReader, Inflater, Transient
+from consumer.fetch.body import (
+    Attempts,
+    BodyReader,
+    Inflater,
+    Transient,
+    finish,
+    request_timeout,
+    send_get,
+)
 from consumer.fetch.exceptions import (
     FetchFailed,
-    FetchTimeout,
     ForbiddenAddress,
     HttpError,
     NotFound,
@@ -112,14 +111,6 @@ class HttpDownloader:
                 return True
         return False
 
-    def _timeout(self, deadline: float) -> urllib3.Timeout:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise FetchTimeout(f"total timeout of {self._policy.total_timeout_s:g} s passed")
-        connect = min(self._policy.connect_timeout_s, remaining)
-        read = min(self._policy.read_timeout_s, remaining)
-        return urllib3.Timeout(connect=connect, read=read)
-
     def _fetch_once(self, url: Url, deadline: float) -> bytes:
         """One attempt: the request and its redirects. Raises ``Transient`` or FetchError."""
         policy = self._policy
@@ -143,7 +134,7 @@ class HttpDownloader:
                     raise Transient(ServerError(f"HTTP {status} for {shown}"), _retry_after_s(resp))
                 raise HttpError(f"HTTP {status} for {shown}")
             finally:
-                _finish(resp)
+                finish(resp)
         raise RedirectRefused(
             f"more than {policy.max_redirects} redirects from {redact_uri(url.url)}"
         )
@@ -156,32 +147,8 @@ class HttpDownloader:
         headers = dict(self._headers)
         if url.auth:
             headers.update(make_headers(basic_auth=unquote(url.auth)))
-        try:
-            return pool.urlopen(
-                "GET",
-                url.request_uri,
-                headers=headers,
-                timeout=self._timeout(deadline),
-                retries=False,
-                redirect=False,
-                assert_same_host=False,
-                preload_content=False,
-                decode_content=False,
-            )
-        except NewConnectionError as exc:  # first: urllib3 makes it a ConnectTimeoutError too
-            raise Transient(FetchFailed(f"cannot connect ({_reason(exc)}) for {shown}")) from None
-        except ConnectTimeoutError:
-            raise Transient(FetchTimeout(f"connect timeout for {shown}")) from None
-        except ReadTimeoutError:
-            raise Transient(FetchTimeout(f"read timeout for {shown}")) from None
-        except SSLError as exc:
-            if _caused_by(exc, ssl.SSLCertVerificationError):
-                raise FetchFailed(f"TLS certificate verification failed for {shown}") from None
-            raise Transient(FetchFailed(f"TLS error for {shown}")) from None
-        except ProtocolError:
-            raise Transient(FetchFailed(f"protocol error from the server for {shown}")) from None
-        except HTTPError as exc:
-            raise Transient(FetchFailed(f"{type(exc).__name__} for {shown}")) from None
+        timeout = request_timeout(self._policy, deadline)
+        return send_get(pool, url.request_uri, headers=headers, timeout=timeout, shown=shown)
 
     def _redirect_target(self, resp: urllib3.BaseHTTPResponse, current: Url, shown: str) -> Url:
         location = resp.headers.get("location")
@@ -223,19 +190,6 @@ def _parse(uri: str) -> Url:
         raise FetchFailed(f"invalid URL {shown}") from None
 
 
-def _finish(resp: urllib3.BaseHTTPResponse) -> None:
-    """Give the connection back: kept alive when its body was read, closed otherwise."""
-    if resp.connection is not None:
-        resp.close()
-    resp.release_conn()
-
-
-def _reason(exc: NewConnectionError) -> str:
-    """What urllib3's connection error says, without the connection object it names."""
-    text = str(exc)
-    return text.split(": ", 1)[1][:120] if ": " in text else "cannot connect"
-
-
 def _has_numeric_host(uri: str) -> bool:
     try:
         host = urlsplit(uri).hostname
@@ -245,18 +199,6 @@ def _has_numeric_host(uri: str) -> bool:
         return host is not None and parse_numeric_host(host) is not None
     except ForbiddenAddress:
         return True
-
-
-def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
-    """Whether ``kind`` is anywhere in ``exc``'s chain of causes."""
-    seen: BaseException | None = exc
-    for _ in range(10):
-        if seen is None:
-            return False
-        if isinstance(seen, kind):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
 
 
 #: Bytes of an error body read to find S3's "Request has expired" answer.

@@ -80,7 +80,7 @@ def test_object_over_the_size_limit_is_refused_from_its_declared_length(
     made = make_s3_fetcher(fault_proxy.endpoint, max_bytes=1024 * 1024)
     error = _error(made, f"s3://{BUCKET}/big.jpg")
     assert error.error_type is ErrorType.TOO_LARGE
-    assert f"has {size} bytes, more than the 1048576 allowed" in error.message
+    assert f"declares {size} bytes, more than the 1048576 allowed" in error.message
 
 
 def test_object_over_the_size_limit_is_cut_while_streaming_without_a_length(
@@ -445,3 +445,87 @@ def test_expiring_credentials_are_refreshed(
             == s3_world.objects[BUCKET]["chelsea.jpg"]
         )
     assert len(calls.read_text()) >= 3  # once to start, then again for each use
+
+
+# -- which path sends the GET: signed here and sent on the pools, or botocore's client -----------
+
+
+def _sent_by_botocore(headers: dict[str, str]) -> bool:
+    """botocore's client marks each request it sends with an invocation id; the pools do not."""
+    return "amz-sdk-invocation-id" in headers
+
+
+def test_objects_are_read_by_gets_signed_here_on_kept_alive_connections(
+    s3_world: S3World, make_s3_fetcher, fault_proxy: HttpFaultProxy
+) -> None:
+    """The GET is SigV4-signed (MinIO checks it) by the consumer and sent on its own pools."""
+    made = make_s3_fetcher(fault_proxy.endpoint)
+    for _ in range(3):
+        assert made.fetcher.fetch(f"s3://{BUCKET}/b") == s3_world.objects[BUCKET]["b"]
+    assert fault_proxy.requests == [("GET", f"/{BUCKET}/b")] * 3
+    for headers in fault_proxy.headers:
+        assert not _sent_by_botocore(headers)
+        assert headers["authorization"].startswith(
+            f"AWS4-HMAC-SHA256 Credential={s3_world.root_user}/"
+        )
+        assert f"/{REGION}/s3/aws4_request, SignedHeaders=" in headers["authorization"]
+
+
+def test_requester_pays_sends_the_signed_payer_header(
+    s3_world: S3World, make_s3_fetcher, fault_proxy: HttpFaultProxy
+) -> None:
+    """``x-amz-request-payer`` is one of the signed headers: MinIO checks the signature over
+    it, so a request that signed it wrongly, or sent it unsigned, would be refused."""
+    made = make_s3_fetcher(fault_proxy.endpoint, s3_requester_pays=True)
+    assert made.fetcher.fetch(f"s3://{BUCKET}/b") == s3_world.objects[BUCKET]["b"]
+    (headers,) = fault_proxy.headers
+    assert headers["x-amz-request-payer"] == "requester"
+    assert (
+        "SignedHeaders=host;x-amz-content-sha256;x-amz-date;x-amz-request-payer,"
+        in (headers["authorization"])
+    )
+
+
+def test_session_credentials_send_their_token_signed(
+    s3_world: S3World, make_s3_fetcher, fault_proxy: HttpFaultProxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    creds = s3_world.restricted
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", creds["AccessKeyId"])
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", creds["SecretAccessKey"])
+    monkeypatch.setenv("AWS_SESSION_TOKEN", creds["SessionToken"])
+    made = make_s3_fetcher(fault_proxy.endpoint)
+    assert made.fetcher.fetch(f"s3://{BUCKET}/b") == s3_world.objects[BUCKET]["b"]
+    (headers,) = fault_proxy.headers
+    assert headers["x-amz-security-token"] == creds["SessionToken"]
+    assert "x-amz-date;x-amz-security-token," in headers["authorization"]
+
+
+def test_an_endpoint_behind_the_environments_proxy_goes_through_botocores_client(
+    s3_world: S3World, make_s3_fetcher, fault_proxy: HttpFaultProxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``HTTP_PROXY`` covers the endpoint: botocore's client sends the request (to the proxy,
+    in absolute form), since the pools here do not speak to proxies; ``NO_PROXY`` lifts it."""
+    monkeypatch.setenv("HTTP_PROXY", fault_proxy.endpoint)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    made = make_s3_fetcher(s3_world.endpoint)
+    assert made.fetcher.fetch(f"s3://{BUCKET}/b") == s3_world.objects[BUCKET]["b"]
+    assert fault_proxy.requests == [("GET", f"{s3_world.endpoint}/{BUCKET}/b")]
+    assert _sent_by_botocore(fault_proxy.headers[0])
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    fault_proxy.clear()
+    bypassing = make_s3_fetcher(s3_world.endpoint)
+    assert bypassing.fetcher.fetch(f"s3://{BUCKET}/b") == s3_world.objects[BUCKET]["b"]
+    assert fault_proxy.requests == []
+
+
+def test_a_directory_bucket_goes_through_botocores_client(
+    make_s3_fetcher, fault_proxy: HttpFaultProxy
+) -> None:
+    """S3 Express directory buckets need session authentication, which botocore's client does
+    (it asks for a session first); nothing is signed here for them."""
+    made = make_s3_fetcher(fault_proxy.endpoint)
+    with pytest.raises(FetchError):
+        made.fetcher.fetch("s3://photos--use1-az4--x-s3/b")
+    assert fault_proxy.headers, "botocore's client sent nothing"
+    assert all(_sent_by_botocore(headers) for headers in fault_proxy.headers)
