@@ -15,6 +15,18 @@ from schemas import ErrorType, decode_message
 from tests.consumer.s3.conftest import BUCKET, OTHER, REGION, VERSIONED, S3World, random_version
 
 
+def _use_restricted_credentials(
+    s3_world: S3World, monkeypatch: pytest.MonkeyPatch
+) -> dict[str, str]:
+    """The session's restricted credentials (``photos`` but not ``photos/private/``) in the
+    environment; returns them."""
+    creds = s3_world.restricted
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", creds["AccessKeyId"])
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", creds["SecretAccessKey"])
+    monkeypatch.setenv("AWS_SESSION_TOKEN", creds["SessionToken"])
+    return creds
+
+
 def _error(made, uri: str) -> FetchError:  # type: ignore[no-untyped-def]
     with pytest.raises(FetchError) as caught:
         made.fetcher.fetch(uri)
@@ -102,10 +114,7 @@ def test_object_over_the_size_limit_is_cut_while_streaming_without_a_length(
 def test_denied_object_is_access_denied_and_allowed_ones_still_read(
     s3_world: S3World, make_s3_fetcher, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    creds = s3_world.restricted
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", creds["AccessKeyId"])
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", creds["SecretAccessKey"])
-    monkeypatch.setenv("AWS_SESSION_TOKEN", creds["SessionToken"])
+    creds = _use_restricted_credentials(s3_world, monkeypatch)
     made = make_s3_fetcher(s3_world.endpoint)
     assert (
         made.fetcher.fetch(f"s3://{BUCKET}/chelsea.jpg") == s3_world.objects[BUCKET]["chelsea.jpg"]
@@ -366,10 +375,7 @@ def test_encrypted_objects_read_with_the_usual_permission(
     s3_world: S3World, make_s3_fetcher, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """SSE-KMS and SSE-S3 objects: the server decrypts; restricted s3:GetObject is enough."""
-    creds = s3_world.restricted
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", creds["AccessKeyId"])
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", creds["SecretAccessKey"])
-    monkeypatch.setenv("AWS_SESSION_TOKEN", creds["SessionToken"])
+    _use_restricted_credentials(s3_world, monkeypatch)
     made = make_s3_fetcher(s3_world.endpoint)
     for key in ("kms/chelsea.jpg", "sse-s3/chelsea.jpg"):
         assert made.fetcher.fetch(f"s3://{BUCKET}/{key}") == s3_world.objects[BUCKET]["chelsea.jpg"]
@@ -489,10 +495,7 @@ def test_requester_pays_sends_the_signed_payer_header(
 def test_session_credentials_send_their_token_signed(
     s3_world: S3World, make_s3_fetcher, fault_proxy: HttpFaultProxy, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    creds = s3_world.restricted
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", creds["AccessKeyId"])
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", creds["SecretAccessKey"])
-    monkeypatch.setenv("AWS_SESSION_TOKEN", creds["SessionToken"])
+    creds = _use_restricted_credentials(s3_world, monkeypatch)
     made = make_s3_fetcher(fault_proxy.endpoint)
     assert made.fetcher.fetch(f"s3://{BUCKET}/b") == s3_world.objects[BUCKET]["b"]
     (headers,) = fault_proxy.headers
