@@ -266,6 +266,22 @@ class BodyReader:
             )
         return data
 
+    def read_response(
+        self,
+        resp: urllib3.BaseHTTPResponse,
+        *,
+        deadline: float,
+        shown: str,
+        inflater: Inflater | None = None,
+    ) -> bytes:
+        """A urllib3 response's whole body (:meth:`read` at its ``Content-Length``, when it
+        declares one); the connection then goes back to its pool."""
+        declared = resp.headers.get("content-length")
+        length = int(declared) if declared is not None and declared.strip().isdigit() else None
+        data = self.read(resp, declared=length, deadline=deadline, shown=shown, inflater=inflater)
+        resp.release_conn()  # read to its end: the connection goes back to the pool
+        return data
+
     def _timeout(self, shown: str) -> FetchTimeout:
         return FetchTimeout(
             f"total timeout of {self._total_s:g} s passed while downloading {shown}"

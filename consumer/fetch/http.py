@@ -169,14 +169,8 @@ class HttpDownloader:
         return target
 
     def _read_body(self, resp: urllib3.BaseHTTPResponse, deadline: float, shown: str) -> bytes:
-        declared = resp.headers.get("content-length")
-        length = int(declared) if declared is not None and declared.strip().isdigit() else None
         inflater = Inflater.for_encoding(resp.headers.get("content-encoding"), shown)
-        data = self._bodies.read(
-            resp, declared=length, deadline=deadline, shown=shown, inflater=inflater
-        )
-        resp.release_conn()  # read to its end: the connection goes back to the pool
-        return data
+        return self._bodies.read_response(resp, deadline=deadline, shown=shown, inflater=inflater)
 
 
 def _parse(uri: str) -> Url:

@@ -1,7 +1,7 @@
 """s3:// downloads through botocore: the AWS credential chain, bounded in bytes and time.
 
 botocore resolves the endpoint and the credentials of every request; the GET itself is signed
-(SigV4 in the query) and sent on this package's keep-alive urllib3 pools
+(SigV4 headers) and sent on this package's keep-alive urllib3 pools
 (:mod:`consumer.fetch.s3direct`, about 1.5 ms of Python less per object than botocore's
 ``get_object``), except where only botocore's client can send it (a proxy, a directory bucket, a
 redirect that names no region). The clients serve every thread (botocore clients are
@@ -36,8 +36,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 from urllib.parse import unquote
-
-import urllib3
 
 from consumer.fetch.body import Attempts, BodyReader, Transient, finish, request_timeout
 from consumer.fetch.exceptions import (
@@ -215,7 +213,7 @@ class S3Downloader:
             resp = clients.pools.send(get, request_timeout(self._policy, deadline), shown)
             try:
                 if 200 <= resp.status < 300:
-                    return self._read_signed_body(resp, deadline, shown)
+                    return self._bodies.read_response(resp, deadline=deadline, shown=shown)
                 answer = read_error(resp)
             finally:
                 finish(resp)
@@ -225,15 +223,6 @@ class S3Downloader:
                 return None
             clients.signer.learn(obj.bucket, answer.region)
         return None
-
-    def _read_signed_body(
-        self, resp: urllib3.BaseHTTPResponse, deadline: float, shown: str
-    ) -> bytes:
-        declared = resp.headers.get("content-length")
-        length = int(declared) if declared is not None and declared.strip().isdigit() else None
-        data = self._bodies.read(resp, declared=length, deadline=deadline, shown=shown)
-        resp.release_conn()  # read to its end: the connection goes back to the pool
-        return data
 
     def _read_client_body(self, response: dict[str, Any], deadline: float, shown: str) -> bytes:
         limit = self._policy.max_bytes
