@@ -45,7 +45,9 @@ from consumer.fetch.policy import FetchPolicy
 DIRECTORY_BUCKET_SUFFIX: Final = "--x-s3"
 #: Origins (scheme, host, port) whose pools are kept; the least recently used is closed beyond.
 MAX_POOLS: Final = 64
-#: Buckets whose endpoints are kept (per region); the least recently used is forgotten beyond.
+#: Buckets whose endpoints are kept (per region), and buckets whose region was learned from a
+#: refusal; beyond it the least recently used endpoint, or the first region learned, is forgotten
+#: (a forgotten region is learned again from the bucket's next refusal).
 MAX_BUCKETS: Final = 1024
 #: Signing keys kept (one per secret, day and region); all are dropped when it is reached.
 MAX_SIGNING_KEYS: Final = 64
@@ -133,7 +135,7 @@ class Signer:
         self._make_client = make_client
         self._clock = clock
         self._clients: dict[str | None, Any] = {}
-        self._regions: dict[str, str] = {}
+        self._regions: OrderedDict[str, str] = OrderedDict()
         self._bases: OrderedDict[tuple[str, str | None], _Base | None] = OrderedDict()
         self._keys: dict[tuple[str, str, str], bytes] = {}
         self._lock = threading.Lock()
@@ -179,9 +181,13 @@ class Signer:
         return SignedGet(base.scheme, base.connect_host, base.port, target, headers, base.region)
 
     def learn(self, bucket: str, region: str) -> None:
-        """Sign ``bucket``'s later requests for ``region``."""
+        """Sign ``bucket``'s later requests for ``region`` (kept for the last ``MAX_BUCKETS``
+        buckets learned)."""
         with self._lock:
             self._regions[bucket] = region
+            self._regions.move_to_end(bucket)
+            if len(self._regions) > MAX_BUCKETS:
+                self._regions.popitem(last=False)
 
     def _credentials(self) -> Any:
         from botocore.exceptions import NoCredentialsError

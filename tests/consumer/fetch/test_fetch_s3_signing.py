@@ -12,7 +12,7 @@ import pytest
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
-from consumer.fetch import FetchPolicy
+from consumer.fetch import FetchPolicy, s3direct
 from consumer.fetch.s3 import make_client
 from consumer.fetch.s3direct import Signer
 
@@ -122,6 +122,22 @@ def test_endpoints_follow_botocores_rules_and_are_kept_per_bucket() -> None:
     assert moved.host == "photos.s3.ap-south-1.amazonaws.com"
     assert "/ap-south-1/s3/aws4_request" in moved.headers["Authorization"]
     assert made == [None, "ap-south-1"]
+
+
+def test_learned_regions_are_bounded_and_the_oldest_is_forgotten(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(s3direct, "MAX_BUCKETS", 2)
+    signer = _signer(Credentials("a", "b"), s3_region="eu-west-1")
+    for bucket in ("first", "second", "third"):
+        signer.learn(bucket, "ap-south-1")
+    signer.learn("second", "ap-south-1")  # learned again: the most recent now
+    regions = {b: getattr(signer.sign(b, "k", None), "region", None) for b in ("first", "second")}
+    # forgotten: signed for the default region again, learned anew from S3's next refusal
+    assert regions == {"first": "eu-west-1", "second": "ap-south-1"}
+    signer.learn("fourth", "ap-south-1")  # "third" is now the oldest learned
+    third = signer.sign("third", "k", None)
+    assert third is not None and third.region == "eu-west-1"
 
 
 def test_a_custom_endpoints_port_is_in_the_signed_host_only_when_not_the_default() -> None:
