@@ -140,3 +140,27 @@ def test_sparse_filter_equals_jax_image_scale_and_translate(canvas_px: int) -> N
         # float32 sums in another order: within 0.013 of a grey level
         expected = _dense_reference(canvas, side)
         np.testing.assert_allclose(out, expected, atol=1e-4, err_msg=str(side))
+
+
+#: Squares whose rows read fall on both sides of the edges of the first pass's compiled spans
+#: (256 and 384 rows on a 512 px canvas, and every eighth between), up to the largest squares,
+#: whose rows end at the canvas's last.
+_SPAN_EDGE_SIDES = (64, 200, 288, 289, 290, 291, 330, 362, 363, 364, 400, 434, 435, 436, 437)
+_SPAN_EDGE_SIDES_LARGE = (470, 507, 508, 509, 510, 511, 512)
+
+
+def test_the_first_pass_covers_the_rows_read_at_every_span() -> None:
+    """The resize's first pass runs over the canvas rows its second pass reads (from the first
+    one, in a compiled number of rows), not the whole canvas: at the edges of every span it
+    gives the dense resize, with bright pixels left on the reused canvas around each square."""
+    sides = _SPAN_EDGE_SIDES + _SPAN_EDGE_SIDES_LARGE
+    rng = np.random.default_rng(7)
+    pre = Preprocessor(canvas_px=512, buckets=(len(sides),))
+    pre([np.full((512, 512, 3), 255, np.uint8)] * len(sides))
+    squares = [rng.integers(0, 256, (s, s, 3), dtype=np.uint8) for s in sides]
+    for side, square, out in zip(sides, squares, pre(squares), strict=True):
+        canvas = np.zeros((512, 512, 3), np.uint8)
+        canvas[:side, :side] = square
+        np.testing.assert_allclose(
+            out, _dense_reference(canvas, side), atol=1e-4, err_msg=str(side)
+        )
