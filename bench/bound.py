@@ -11,7 +11,7 @@ Measured, in one run and on the same core:
 - the decode floor (``bench.floor``): decoding the same files alone at the consumer's reduced
   size, one thread, just before and just after the consumer runs (the mean is the floor);
 - per source (``file://``, ``http://`` from a loopback HTTP server, ``s3://`` from a loopback
-  MinIO), each in two halves of its backlog run in mirrored order (:func:`run_order`): the
+  MinIO), each in four parts of its backlog run in mirrored order (:func:`run_order`): the
   consumer's images/s on its core, its CPU ms per image in total and per thread group
   (main thread vs the pools), the time its stages took per image, peak memory, the ratio to the
   floor, and the ratios of ``http://`` and ``s3://`` to ``file://``.
@@ -37,7 +37,7 @@ from bench.layout import CpuLayout, cpu_list, parse_cpu_list
 
 SOURCES = ("file", "http", "s3")
 #: Each source's backlog runs in this many parts, in mirrored order (see :func:`run_order`).
-HALVES = 2
+PARTS = 4
 BUCKET = "bench-photos"
 #: The harness's thread group names of the consumer's threads (see ``bench.e2e.thread_groups``).
 MAIN_THREAD = "main thread"
@@ -69,12 +69,13 @@ class Plan:
     messages: int
     floor_rounds: int
     note: str
+    parts: int = PARTS  # each source's backlog in this many runs (:func:`run_order`)
 
 
-def plan(layout: CpuLayout, messages: int, floor_rounds: int) -> Plan:
+def plan(layout: CpuLayout, messages: int, floor_rounds: int, parts: int = PARTS) -> Plan:
     """The consumer on the last of the consumer's CPUs; everything else on the rest."""
     if not layout.pinned or not layout.consumer_cpus:
-        return Plan(None, None, messages, floor_rounds, "unpinned: no CPU of its own")
+        return Plan(None, None, messages, floor_rounds, "unpinned: no CPU of its own", parts)
     core = max(parse_cpu_list(layout.consumer_cpus))
     others = parse_cpu_list(layout.available) - {core}
     return Plan(
@@ -83,6 +84,7 @@ def plan(layout: CpuLayout, messages: int, floor_rounds: int) -> Plan:
         messages,
         floor_rounds,
         f"consumer alone on CPU {core}; servers and harness on CPU {cpu_list(others)}",
+        parts,
     )
 
 
@@ -230,26 +232,33 @@ def start_model(work: Path, cpus: str | None) -> Any:
 
 
 # ---------------------------------------------------------------------------- run order
-def run_order(sources: tuple[str, ...], parts: int = HALVES) -> list[tuple[str, int]]:
-    """(source, half) in the order they run: forwards, then backwards (file, http, s3, s3,
-    http, file); forwards only when each source runs in one part.
+def run_order(sources: tuple[str, ...], parts: int = PARTS) -> list[tuple[str, int]]:
+    """(source, part) in the order they run: forwards, backwards, forwards, ... (file, http,
+    s3, s3, http, file, file, http, s3, s3, http, file for four parts).
 
     The machine drifts over a section: between the floor's two measurements of one run its CPU
     per image moved by up to 6%, either way. Run once each in a fixed order, the source that ran
     last paid for that drift (the same code gave ``s3://`` / ``file://`` 0.946 with ``file://``
-    first and 0.989 with it last). In mirrored halves a steady drift weighs on every source
-    alike."""
-    forwards = [(s, 0) for s in sources]
-    return forwards if parts == 1 else forwards + [(s, 1) for s in reversed(sources)]
+    first and 0.989 with it last). Mirrored, a steady drift weighs on every source alike; but
+    the drift is often a step. In two mirrored halves the source in the middle could run both
+    its halves before a step that the others straddled (run ``20261208T034610``: the consumer
+    20% cheaper per image after it, both ``s3://`` halves before it, ``s3://`` / ``file://``
+    0.850 where the section alone gave 0.955-1.030 that day). In four parts a step falls
+    between parts so that the sources' shares before it differ by at most one part in four."""
+    order: list[tuple[str, int]] = []
+    for part in range(parts):
+        turn = sources if part % 2 == 0 else tuple(reversed(sources))
+        order.extend((source, part) for source in turn)
+    return order
 
 
-def merge_halves(halves: list[dict[str, Any]]) -> dict[str, Any]:
+def merge_parts(parts: list[dict[str, Any]]) -> dict[str, Any]:
     """One source's runs (``bench.e2e.run_backlog`` results) as one: counts added, per-image
     figures weighted by the images each measured, rates and shares of a core by the seconds
     each measured, the stage profile by the images each ingested, peak memory the highest;
-    ``halves`` keeps each part's own figures."""
-    if len(halves) == 1:
-        return halves[0]
+    ``parts`` keeps each part's own figures."""
+    if len(parts) == 1:
+        return parts[0]
 
     def images(h: dict[str, Any]) -> float:
         return float(h["measured_images"])
@@ -264,60 +273,58 @@ def merge_halves(halves: list[dict[str, Any]]) -> dict[str, Any]:
         return h.get("machine") or {}
 
     stages = _weighted_map(
-        halves,
+        parts,
         lambda h: {k: v["ms_per_image"] for k, v in (h.get("stage_profile") or {}).items()},
         ingested,
     )
-    span = sum(seconds(h) for h in halves)
-    measured = sum(h["measured_images"] for h in halves)
+    span = sum(seconds(h) for h in parts)
+    measured = sum(h["measured_images"] for h in parts)
     return {
-        "messages": sum(h["messages"] for h in halves),
-        "ingested": sum(h["ingested"] for h in halves),
-        "dead_lettered": sum(h["dead_lettered"] for h in halves),
-        "window": "; ".join(sorted({str(h["window"]) for h in halves})),
+        "messages": sum(h["messages"] for h in parts),
+        "ingested": sum(h["ingested"] for h in parts),
+        "dead_lettered": sum(h["dead_lettered"] for h in parts),
+        "window": "; ".join(sorted({str(h["window"]) for h in parts})),
         "measured_images": measured,
         "measured_seconds": round(span, 2),
         "images_per_s": round(measured / span, 2),
-        "cpu_s_per_image": round(_weighted(halves, lambda h: h["cpu_s_per_image"], images), 4),
-        "cpu_cores_busy": round(_weighted(halves, lambda h: h["cpu_cores_busy"], seconds), 3),
+        "cpu_s_per_image": round(_weighted(parts, lambda h: h["cpu_s_per_image"], images), 4),
+        "cpu_cores_busy": round(_weighted(parts, lambda h: h["cpu_cores_busy"], seconds), 3),
         "thread_cpu_s_per_image": _weighted_map(
-            halves, lambda h: h.get("thread_cpu_s_per_image") or {}, images
+            parts, lambda h: h.get("thread_cpu_s_per_image") or {}, images
         ),
         "server_cores_busy": _weighted_map(
-            halves, lambda h: h.get("server_cores_busy") or {}, seconds
+            parts, lambda h: h.get("server_cores_busy") or {}, seconds
         ),
         "machine": {
-            "cpu_busy": _weighted_map(halves, lambda h: machine(h).get("cpu_busy") or {}, seconds),
+            "cpu_busy": _weighted_map(parts, lambda h: machine(h).get("cpu_busy") or {}, seconds),
             "other_cores_busy": round(
-                _weighted(halves, lambda h: machine(h).get("other_cores_busy", 0.0), seconds), 3
+                _weighted(parts, lambda h: machine(h).get("other_cores_busy", 0.0), seconds), 3
             ),
         },
-        "peak_rss_mib": max(h["peak_rss_mib"] for h in halves),
+        "peak_rss_mib": max(h["peak_rss_mib"] for h in parts),
         "stage_profile": {stage: {"ms_per_image": round(ms, 3)} for stage, ms in stages.items()},
-        "halves": halves,
+        "parts": parts,
     }
 
 
 def _weighted(
-    halves: list[dict[str, Any]],
+    parts: list[dict[str, Any]],
     value: Callable[[dict[str, Any]], float],
     weight: Callable[[dict[str, Any]], float],
 ) -> float:
-    total = sum(weight(h) for h in halves)
-    return sum(value(h) * weight(h) for h in halves) / total if total else 0.0
+    total = sum(weight(h) for h in parts)
+    return sum(value(h) * weight(h) for h in parts) / total if total else 0.0
 
 
 def _weighted_map(
-    halves: list[dict[str, Any]],
+    parts: list[dict[str, Any]],
     values: Callable[[dict[str, Any]], dict[str, float]],
     weight: Callable[[dict[str, Any]], float],
 ) -> dict[str, float]:
-    total = sum(weight(h) for h in halves)
-    keys = sorted({k for h in halves for k in values(h)})
+    total = sum(weight(h) for h in parts)
+    keys = sorted({k for h in parts for k in values(h)})
     return {
-        k: round(sum(values(h).get(k, 0.0) * weight(h) for h in halves) / total, 4)
-        if total
-        else 0.0
+        k: round(sum(values(h).get(k, 0.0) * weight(h) for h in parts) / total, 4) if total else 0.0
         for k in keys
     }
 
@@ -361,13 +368,13 @@ def summarize(
         "dead_lettered": run.get("dead_lettered"),
         "server_cores_busy": run.get("server_cores_busy"),
         "machine": run.get("machine"),
-        "halves": [
+        "parts": [
             {
-                "images_per_s": half["images_per_s"],
-                "cpu_ms_per_image": round(1000 * half["cpu_s_per_image"], 3),
-                "measured_images": half.get("measured_images"),
+                "images_per_s": part["images_per_s"],
+                "cpu_ms_per_image": round(1000 * part["cpu_s_per_image"], 3),
+                "measured_images": part.get("measured_images"),
             }
-            for half in run.get("halves") or []
+            for part in run.get("parts") or []
         ],
     }
 
@@ -382,16 +389,16 @@ def run_section(
     work: Path,
     sources: tuple[str, ...] = SOURCES,
 ) -> dict[str, Any]:
-    """The section: floor, the consumer per source (in mirrored halves), floor again; the
+    """The section: floor, the consumer per source (in mirrored parts), floor again; the
     figures and ratios."""
-    sizes = split_backlog(plan_.messages)
+    sizes = split_backlog(plan_.messages, plan_.parts)
     order = run_order(sources, len(sizes))
     out: dict[str, Any] = {
         "layout": {"consumer_cpu": plan_.core, "other_cpus": plan_.others, "note": plan_.note},
         "model": "near-free (benchmark-only, serving/nearfree.py)",
         "dataset": dataset.summary(),
         "messages_per_source": plan_.messages,
-        "order": [f"{source} {half + 1}/{len(sizes)}" for source, half in order],
+        "order": [f"{source} {part + 1}/{len(sizes)}" for source, part in order],
     }
     with moved_to(plan_.others) as moved:
         out["layout"]["processes_moved"] = len(moved)
@@ -402,25 +409,25 @@ def run_section(
             endpoints = replace(opts.endpoints, triton=model.grpc_url)
             pids = {**server_pids, "triton_near_free": model.pid, **feeds.pids()}
             before = decode_floor(dataset, plan_.core, plan_.floor_rounds)
-            parts: dict[str, list[dict[str, Any]]] = {source: [] for source in sources}
-            for source, half in order:
+            by_source: dict[str, list[dict[str, Any]]] = {source: [] for source in sources}
+            for source, part in order:
                 run = _run_source(
                     ctx,
                     feeds,
                     replace(opts, endpoints=endpoints, file_root=dataset.folder),
                     source=source,
-                    name=f"bound-{source}" + (f"-{half + 1}" if len(sizes) > 1 else ""),
-                    messages=sizes[half],
+                    name=f"bound-{source}" + (f"-{part + 1}" if len(sizes) > 1 else ""),
+                    messages=sizes[part],
                     dataset=dataset,
                     core=plan_.core,
                     pids=pids,
                 )
-                parts[source].append(run)
+                by_source[source].append(run)
                 print(
-                    f"   {source} ({half + 1}/{len(sizes)}): {run['images_per_s']} images/s",
+                    f"   {source} ({part + 1}/{len(sizes)}): {run['images_per_s']} images/s",
                     flush=True,
                 )
-            runs = {source: merge_halves(halves) for source, halves in parts.items()}
+            runs = {source: merge_parts(done) for source, done in by_source.items()}
             after = decode_floor(dataset, plan_.core, plan_.floor_rounds)
         finally:
             feeds.stop()
@@ -439,11 +446,10 @@ def run_section(
     return out
 
 
-def split_backlog(messages: int) -> list[int]:
-    """Each source's backlog in :data:`HALVES` parts (one part when too small to split)."""
-    if messages < HALVES:
-        return [messages]
-    return [messages // HALVES + (1 if i < messages % HALVES else 0) for i in range(HALVES)]
+def split_backlog(messages: int, parts: int = PARTS) -> list[int]:
+    """Each source's backlog in ``parts`` parts (fewer when too small to split, at least one)."""
+    parts = max(1, min(parts, messages))
+    return [messages // parts + (1 if i < messages % parts else 0) for i in range(parts)]
 
 
 def _run_source(

@@ -595,7 +595,9 @@ class _Bench:
             "photo-sized data set",
             lambda: build_photo_dataset(args.cache_dir, args.photos, args.seed),
         )
-        plan = bound.plan(self.layout, args.bound_messages, 1 if args.quick else 3)
+        # quick: two parts per source (a CI run's dozen messages), else four (bound.run_order)
+        parts = 2 if args.quick else bound.PARTS
+        plan = bound.plan(self.layout, args.bound_messages, 1 if args.quick else 3, parts)
         print(f"   {orjson.dumps(photos.summary()).decode()}\n   {plan.note}", flush=True)
         section = self.clock.run(
             "consumer-bound (near-free model, photo-sized set)",

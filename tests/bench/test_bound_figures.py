@@ -88,17 +88,30 @@ def test_summary_ratios_and_cost_model() -> None:
     assert bound.cost_model({"sources": {}}) is None
 
 
-def test_sources_run_in_mirrored_halves() -> None:
-    assert bound.run_order(("file", "http", "s3")) == [
+def test_sources_run_in_mirrored_parts() -> None:
+    """Four parts, each turn the reverse of the one before: a step in the machine's speed
+    between any two runs leaves every source's share before it within one part of the others'
+    (in two mirrored halves the middle source could have both its halves before it)."""
+    order = bound.run_order(("file", "http", "s3"))
+    assert order == [
+        ("file", 0), ("http", 0), ("s3", 0), ("s3", 1), ("http", 1), ("file", 1),
+        ("file", 2), ("http", 2), ("s3", 2), ("s3", 3), ("http", 3), ("file", 3),
+    ]  # fmt: skip
+    for step in range(len(order) + 1):
+        before = [sum(1 for s, _ in order[:step] if s == src) for src in ("file", "http", "s3")]
+        assert max(before) - min(before) <= 1, (step, before)
+    assert bound.run_order(("file", "http", "s3"), 2) == [
         ("file", 0), ("http", 0), ("s3", 0), ("s3", 1), ("http", 1), ("file", 1)
     ]  # fmt: skip
-    assert bound.split_backlog(1500) == [750, 750]
-    assert bound.split_backlog(13) == [7, 6]
-    assert bound.split_backlog(1) == [1]  # too small to split: one run each
+    assert bound.split_backlog(1500) == [375, 375, 375, 375]
+    assert bound.split_backlog(13) == [4, 3, 3, 3]
+    assert bound.split_backlog(13, 2) == [7, 6]
+    assert bound.split_backlog(2) == [1, 1]  # never a part of no messages
+    assert bound.split_backlog(1) == [1]
     assert bound.run_order(("file", "http"), 1) == [("file", 0), ("http", 0)]
 
 
-def _half(images: int, seconds: float, cpu_s: float, main_s: float, **extra: object) -> dict:
+def _part(images: int, seconds: float, cpu_s: float, main_s: float, **extra: object) -> dict:
     return {
         "messages": images,
         "ingested": images,
@@ -118,14 +131,14 @@ def _half(images: int, seconds: float, cpu_s: float, main_s: float, **extra: obj
     }
 
 
-def test_halves_merge_into_one_run_weighted_by_what_each_measured() -> None:
-    """Pass: per-image figures are the totals' (not the halves' plain mean), rates the totals'
-    over the total time, peak memory the higher; a drift that made the second half 10% dearer
+def test_parts_merge_into_one_run_weighted_by_what_each_measured() -> None:
+    """Pass: per-image figures are the totals' (not the parts' plain mean), rates the totals'
+    over the total time, peak memory the higher; a drift that made the second part 10% dearer
     moves the merged CPU per image to the middle."""
-    first = _half(600, 10.0, 0.016, 0.0006)
-    second = _half(200, 4.0, 0.0176, 0.0008, peak_rss_mib=540.0)
+    first = _part(600, 10.0, 0.016, 0.0006)
+    second = _part(200, 4.0, 0.0176, 0.0008, peak_rss_mib=540.0)
     second["stage_profile"] = {"decode": {"ms_per_image": 14.0}, "infer": {"ms_per_image": 2.0}}
-    run = bound.merge_halves([first, second])
+    run = bound.merge_parts([first, second])
     assert run["measured_images"] == 800 and run["ingested"] == 800
     assert run["images_per_s"] == round(800 / 14.0, 2)
     assert run["cpu_s_per_image"] == round((600 * 0.016 + 200 * 0.0176) / 800, 4)
@@ -139,9 +152,9 @@ def test_halves_merge_into_one_run_weighted_by_what_each_measured() -> None:
         "decode": {"ms_per_image": 12.5},
         "infer": {"ms_per_image": 0.5},
     }
-    assert run["halves"] == [first, second]
+    assert run["parts"] == [first, second]
     floor = {"images_per_s": 80.0, "cpu_ms_per_image": 12.5}
     fig = bound.summarize(run, floor, "1")
     assert fig["cpu_ms_per_image"] == round(1000 * run["cpu_s_per_image"], 3)
-    assert bound.merge_halves([first]) is first
-    assert [h["cpu_ms_per_image"] for h in fig["halves"]] == [16.0, 17.6]
+    assert bound.merge_parts([first]) is first
+    assert [h["cpu_ms_per_image"] for h in fig["parts"]] == [16.0, 17.6]
