@@ -46,8 +46,8 @@ DIRECTORY_BUCKET_SUFFIX: Final = "--x-s3"
 #: Origins (scheme, host, port) whose pools are kept; the least recently used is closed beyond.
 MAX_POOLS: Final = 64
 #: Buckets whose endpoints are kept (per region), and buckets whose region was learned from a
-#: refusal; beyond it the least recently used endpoint, or the first region learned, is forgotten
-#: (a forgotten region is learned again from the bucket's next refusal).
+#: refusal; beyond it the least recently used endpoint, or the region learned longest ago, is
+#: forgotten (a forgotten region is learned again from the bucket's next refusal).
 MAX_BUCKETS: Final = 1024
 #: Signing keys kept (one per secret, day and region); all are dropped when it is reached.
 MAX_SIGNING_KEYS: Final = 64
