@@ -69,7 +69,7 @@ class Plan:
     messages: int
     floor_rounds: int
     note: str
-    parts: int = PARTS  # each source's backlog in this many runs (:func:`run_order`)
+    parts: int  # each source's backlog in this many runs (:func:`run_order`)
 
 
 def plan(layout: CpuLayout, messages: int, floor_rounds: int, parts: int = PARTS) -> Plan:
